@@ -1,0 +1,40 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run migrate check-config test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+routing.toml:
+	cp routing.example.toml routing.toml
+	@echo "routing.toml created from routing.example.toml: edit the agencies' chat ids for your region."
+
+run: install routing.toml
+	$(PY) -m bot migrate
+	$(PY) -m bot run
+
+migrate: install
+	$(PY) -m bot migrate
+
+check-config: install routing.toml
+	$(PY) -m bot check-config
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

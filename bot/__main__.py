@@ -1,0 +1,119 @@
+"""Command line: `python -m bot [run|migrate|check-config]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from bot.config import (
+    ConfigError,
+    Routing,
+    RoutingError,
+    Settings,
+    load_routing,
+    load_settings,
+    missing_for_telegram,
+    routing_summary,
+)
+
+EXIT_CONFIG = 2
+
+
+class RedactSecrets(logging.Filter):
+    """Keeps tokens out of every log line, whichever library wrote it."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in self.secrets):
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    token = settings.telegram_bot_token
+    handler.addFilter(RedactSecrets([token.get_secret_value()] if token else []))
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+
+
+def fail(message: str) -> int:
+    print(f"civicdesk: {message}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="CivicDesk citizen reports bot")
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "migrate", "check-config"))
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        return fail(str(error))
+    configure_logging(settings)
+    if args.command == "migrate":
+        from storage.db import migrate
+
+        migrate(settings.database_url)
+        print("database is up to date")
+        return 0
+    try:
+        routing = load_routing(settings.routing_file)
+    except RoutingError as error:
+        return fail(str(error))
+    if args.command == "check-config":
+        print(routing_summary(routing))
+        return 0
+    missing = missing_for_telegram(settings)
+    if missing:
+        return fail(
+            "cannot start: "
+            + ", ".join(missing)
+            + " is not set. Get a token from @BotFather and put it in .env"
+            + " (copy .env.example to .env) or in the environment:"
+            + " TELEGRAM_BOT_TOKEN=123456:ABC... make run"
+        )
+    from storage.db import migrate
+
+    migrate(settings.database_url)
+    asyncio.run(serve(settings, routing))
+    return 0
+
+
+async def serve(settings: Settings, routing: Routing) -> None:
+    from bot.app import App
+
+    app = App(settings, routing)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    await app.start()
+    waiter = asyncio.create_task(app.wait())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        await app.stop()
+        if waiter.done() and not waiter.cancelled():
+            waiter.result()
+        else:
+            waiter.cancel()
+        logging.getLogger("civicdesk").info("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""What every platform's messenger does, and the ways a send can fail."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from bot.domain import Platform
+from bot.messages import Outgoing
+
+
+class DeliveryError(Exception):
+    """A send that did not happen; the subclass says whether and when to try again."""
+
+
+class RetryAfter(DeliveryError):
+    """The platform asked us to wait (Telegram 429, VK "too many requests per second")."""
+
+    def __init__(self, seconds: float, detail: str = "") -> None:
+        super().__init__(detail or f"retry after {seconds}s")
+        self.seconds = seconds
+
+
+class TransientError(DeliveryError):
+    """A network fault or a server error: worth trying again later."""
+
+
+class PermanentError(DeliveryError):
+    """Trying again cannot help: the user blocked the bot, the chat is gone, the request is wrong."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+class ChatMigrated(DeliveryError):
+    """A Telegram group became a supergroup with a new id."""
+
+    def __init__(self, new_chat_id: int) -> None:
+        super().__init__(f"chat migrated to {new_chat_id}")
+        self.new_chat_id = new_chat_id
+
+
+class Messenger(Protocol):
+    platform: Platform
+
+    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None) -> list[int]:
+        """Send one logical message; returns the ids of what was sent, the main (text) message first."""
+        ...
+
+    async def edit(self, chat_id: int, message_id: int, message: Outgoing) -> None: ...

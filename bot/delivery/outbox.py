@@ -1,0 +1,89 @@
+"""The durable outbox: messages are written in the same transaction as the change that owes them.
+
+`Outbox.unit()` is the one way the service and the dialog change data and queue messages together;
+the delivery worker (`bot.delivery.worker`) sends what was queued.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bot.clock import Clock
+from bot.domain import Platform
+from bot.messages import Outgoing
+from storage.db import Database
+from storage.repository import Repository
+
+
+@dataclass
+class Origin:
+    """The update being handled: messages it causes get keys derived from it, so handling the same
+    update again after a crash queues nothing new."""
+
+    key: str
+    counter: itertools.count[int] = field(default_factory=itertools.count)
+
+    def next_key(self) -> str:
+        return f"{self.key}:{next(self.counter)}"
+
+
+current_origin: ContextVar[Origin | None] = ContextVar("current_origin", default=None)
+
+
+@dataclass
+class Unit:
+    repo: Repository
+    now: datetime
+    queued: int = 0
+
+    async def send(
+        self,
+        platform: Platform,
+        chat_id: int,
+        message: Outgoing,
+        *,
+        ticket_id: int | None = None,
+        dedupe_key: str | None = None,
+    ) -> None:
+        if dedupe_key is None and (origin := current_origin.get()) is not None:
+            dedupe_key = origin.next_key()
+        kind = "edit" if message.edit is not None else "send"
+        if await self.repo.enqueue(
+            platform=platform,
+            chat_id=chat_id,
+            kind=kind,
+            payload=message.to_json(),
+            dedupe_key=dedupe_key,
+            ticket_id=ticket_id,
+            now=self.now,
+        ):
+            self.queued += 1
+
+
+class Outbox:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        self._listeners.append(wake)
+
+    @asynccontextmanager
+    async def unit(self) -> AsyncIterator[Unit]:
+        async with self.db.transaction() as conn:
+            unit = Unit(Repository(conn), self.clock.now())
+            yield unit
+        if unit.queued:
+            for wake in self._listeners:
+                wake()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Repository]:
+        async with self.db.read() as conn:
+            yield Repository(conn)

@@ -1,0 +1,150 @@
+"""Sending to Telegram with aiogram, and turning its failures into the outbox's retry decisions."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from aiogram import Bot
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
+from aiogram.types import (
+    ForceReply,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputMediaPhoto,
+    LinkPreviewOptions,
+    MediaUnion,
+    ReplyParameters,
+)
+
+from bot.domain import Attachment, Platform
+from bot.messages import Outgoing
+
+from .base import ChatMigrated, PermanentError, RetryAfter, TransientError
+
+CAPTION_LIMIT = 1024
+T = TypeVar("T")
+
+
+class TelegramMessenger:
+    platform = Platform.telegram
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+
+    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None) -> list[int]:
+        reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
+        markup = _markup(message)
+        if not message.photos:
+            sent = await _call(
+                lambda: self.bot.send_message(
+                    chat_id,
+                    message.text,
+                    reply_markup=markup,
+                    reply_parameters=reply,
+                    link_preview_options=LinkPreviewOptions(is_disabled=True),
+                )
+            )
+            return [sent.message_id]
+        if markup is None and len(message.text) <= CAPTION_LIMIT:
+            # Short text and no buttons: the photos carry it as their caption, one message in the chat.
+            return await self._photos(chat_id, message.photos, message.text, reply)
+        # Photos first, then the text with its buttons below them: the text is the message staff act on.
+        photo_ids = await self._photos(chat_id, message.photos, message.photo_caption, reply)
+        sent = await _call(
+            lambda: self.bot.send_message(
+                chat_id,
+                message.text,
+                reply_markup=markup,
+                reply_parameters=reply,
+                link_preview_options=LinkPreviewOptions(is_disabled=True),
+            )
+        )
+        return [sent.message_id, *photo_ids]
+
+    async def _photos(
+        self, chat_id: int, photos: list[Attachment], caption: str, reply: ReplyParameters | None
+    ) -> list[int]:
+        files = [_file(photo) for photo in photos[:10]]
+        if len(files) == 1:
+            sent = await _call(
+                lambda: self.bot.send_photo(
+                    chat_id, files[0], caption=caption or None, reply_parameters=reply
+                )
+            )
+            return [sent.message_id]
+        media: list[MediaUnion] = [
+            InputMediaPhoto(media=file, caption=caption if index == 0 and caption else None)
+            for index, file in enumerate(files)
+        ]
+        album = await _call(lambda: self.bot.send_media_group(chat_id, media, reply_parameters=reply))
+        return [m.message_id for m in album]
+
+    async def edit(self, chat_id: int, message_id: int, message: Outgoing) -> None:
+        markup = _markup(message)
+        inline = markup if isinstance(markup, InlineKeyboardMarkup) else None
+        try:
+            if message.buttons_only:
+                await _call(
+                    lambda: self.bot.edit_message_reply_markup(
+                        chat_id=chat_id, message_id=message_id, reply_markup=inline
+                    )
+                )
+            else:
+                await _call(
+                    lambda: self.bot.edit_message_text(
+                        text=message.text,
+                        chat_id=chat_id,
+                        message_id=message_id,
+                        reply_markup=inline,
+                        link_preview_options=LinkPreviewOptions(is_disabled=True),
+                    )
+                )
+        except PermanentError as error:
+            if "message is not modified" not in str(error):
+                raise
+
+
+def _file(photo: Attachment) -> str:
+    # A photo from another platform goes by its URL, which Telegram fetches itself.
+    return photo.file_id if photo.platform is Platform.telegram else photo.url
+
+
+def _markup(message: Outgoing) -> InlineKeyboardMarkup | ForceReply | None:
+    if message.buttons:
+        return InlineKeyboardMarkup(
+            inline_keyboard=[
+                [InlineKeyboardButton(text=b.text, callback_data=b.data) for b in row]
+                for row in message.buttons
+            ]
+        )
+    if message.force_reply:
+        return ForceReply(force_reply=True)
+    return None
+
+
+async def _call(request: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await request()
+    except TelegramRetryAfter as error:
+        raise RetryAfter(float(error.retry_after), error.message) from None
+    except TelegramMigrateToChat as error:
+        raise ChatMigrated(error.migrate_to_chat_id) from None
+    except TelegramForbiddenError as error:
+        reason = "deactivated" if "deactivated" in error.message else "blocked"
+        raise PermanentError(reason, error.message) from None
+    except TelegramBadRequest as error:
+        reason = "chat_not_found" if "chat not found" in error.message else "bad_request"
+        raise PermanentError(reason, error.message) from None
+    except TelegramNotFound as error:
+        raise PermanentError("not_found", error.message) from None
+    except (TelegramNetworkError, TelegramServerError) as error:
+        raise TransientError(error.message) from None

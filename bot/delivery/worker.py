@@ -1,0 +1,159 @@
+"""The outbox worker: sends queued messages in order per chat, retrying what can be retried."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from bot.clock import Clock
+from bot.domain import Platform
+from bot.messages import Outgoing
+from storage.db import Database
+from storage.repository import Repository
+
+from .base import ChatMigrated, DeliveryError, Messenger, PermanentError, RetryAfter, TransientError
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        db: Database,
+        messengers: Mapping[Platform, Messenger],
+        clock: Clock,
+        *,
+        max_attempts: int = 8,
+        poll_seconds: float = 1.0,
+        batch: int = 200,
+        concurrency: int = 16,
+    ) -> None:
+        self.db = db
+        self.messengers = dict(messengers)
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self.poll_seconds = poll_seconds
+        self.batch = batch
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._slots = asyncio.Semaphore(concurrency)
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            try:
+                await self.deliver_due()
+            except Exception:
+                log.exception("outbox round failed; trying again shortly")
+            if self._stopping:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
+
+    async def deliver_due(self) -> int:
+        """One round: each chat's pending messages in order, chats side by side; returns how many went."""
+        async with self.db.read() as conn:
+            rows = await Repository(conn).pending_outbox(self.batch)
+        by_chat: dict[tuple[str, int], list[Any]] = {}
+        for row in rows:
+            by_chat.setdefault((row.platform, row.chat_id), []).append(row)
+        results = await asyncio.gather(*(self._deliver_chat(chat_rows) for chat_rows in by_chat.values()))
+        return sum(results)
+
+    async def _deliver_chat(self, rows: list[Any]) -> int:
+        sent = 0
+        async with self._slots:
+            for row in rows:
+                if row.next_attempt_at > self.clock.now():
+                    break  # an earlier message waits, so everything after it in this chat waits too
+                if not await self._deliver(row):
+                    break
+                sent += 1
+        return sent
+
+    async def _deliver(self, row: Any) -> bool:
+        platform = Platform(row.platform)
+        messenger = self.messengers.get(platform)
+        if messenger is None:
+            await self._fail(row, f"no {platform.value} channel configured")
+            return True
+        message = Outgoing.from_json(row.payload)
+        try:
+            async with self.db.read() as conn:
+                repo = Repository(conn)
+                target = await self._resolve(repo, platform, row.chat_id, message.edit)
+                reply_to = await self._resolve(repo, platform, row.chat_id, message.reply_to)
+            if message.edit is not None:
+                if target is None:
+                    await self._fail(row, "the message to edit was never sent")
+                    return True
+                await messenger.edit(row.chat_id, target, message)
+                ids: list[int] = []
+            else:
+                ids = await messenger.send(row.chat_id, message, reply_to)
+        except RetryAfter as error:
+            await self._retry(row, timedelta(seconds=error.seconds), str(error), count=False)
+            return False
+        except ChatMigrated as error:
+            async with self.db.transaction() as conn:
+                await Repository(conn).outbox_move_chat(platform, row.chat_id, error.new_chat_id)
+            log.warning("chat %s migrated to %s; its queue follows", row.chat_id, error.new_chat_id)
+            self.wake()
+            return False
+        except PermanentError as error:
+            await self._fail(row, f"{error.reason}: {error}")
+            return True
+        except (TransientError, DeliveryError) as error:
+            await self._backoff(row, str(error))
+            return False
+        await self._sent(row, platform, message, ids)
+        return True
+
+    @staticmethod
+    async def _resolve(repo: Repository, platform: Platform, chat_id: int, ref: Any) -> int | None:
+        if ref is None:
+            return None
+        if ref.message_id is not None:
+            return int(ref.message_id)
+        return await repo.latest_linked_message(ref.ticket_id, platform, chat_id, ref.role)
+
+    async def _sent(self, row: Any, platform: Platform, message: Outgoing, ids: list[int]) -> None:
+        now = self.clock.now()
+        async with self.db.transaction() as conn:
+            repo = Repository(conn)
+            await repo.outbox_sent(row.id, now)
+            if message.link_ticket_id is not None:
+                for index, message_id in enumerate(ids):
+                    role = message.link_role if index == 0 else "media"
+                    await repo.link_message(
+                        message.link_ticket_id, platform, row.chat_id, message_id, "out", role, now
+                    )
+
+    async def _backoff(self, row: Any, error: str) -> None:
+        if row.attempts + 1 >= self.max_attempts:
+            await self._fail(row, f"gave up after {row.attempts + 1} attempts: {error}")
+            return
+        delay = min(2.0**row.attempts, 300.0) * (0.5 + random.random())
+        await self._retry(row, timedelta(seconds=delay), error)
+
+    async def _retry(self, row: Any, delay: timedelta, error: str, *, count: bool = True) -> None:
+        log.info("outbox %s to %s: %s; next try in %.1fs", row.id, row.chat_id, error, delay.total_seconds())
+        async with self.db.transaction() as conn:
+            await Repository(conn).outbox_retry(row.id, self.clock.now() + delay, error, count=count)
+
+    async def _fail(self, row: Any, error: str) -> None:
+        log.warning("outbox %s to %s failed for good: %s", row.id, row.chat_id, error)
+        async with self.db.transaction() as conn:
+            await Repository(conn).outbox_failed(row.id, error)

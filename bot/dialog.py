@@ -1,0 +1,424 @@
+"""The citizen's side of the conversation, the same on every platform.
+
+Handlers turn a platform's update into a `CitizenInput` or a button press and call `CitizenDialog`;
+it keeps the report being written (the draft) in the database and answers through the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from bot.config import Routing
+from bot.delivery.outbox import Outbox, Unit
+from bot.domain import (
+    Attachment,
+    Citizen,
+    DomainError,
+    Draft,
+    Location,
+    Platform,
+    TicketClosed,
+    TicketNotFound,
+    TicketStatus,
+)
+from bot.i18n import SUPPORTED, Html, Translator
+from bot.messages import Button, Outgoing, Ref, draft_from_json, draft_to_json
+from bot.tickets import TicketService
+
+NUMBER = re.compile(r"^\s*#?[A-Za-z]{0,8}(\d{1,12})\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    platform: Platform
+    chat_id: int
+    user_id: int
+    name: str = ""
+    language: str | None = None
+
+
+@dataclass(slots=True)
+class CitizenInput:
+    who: Person
+    text: str = ""
+    photos: list[Attachment] = field(default_factory=list)
+    location: Location | None = None
+    reply_to: int | None = None
+    # What kind of unsupported content arrived ("sticker", "voice", ...), if any.
+    unsupported: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_text: int = 3500
+    max_photos: int = 10
+
+
+class CitizenDialog:
+    def __init__(
+        self,
+        outbox: Outbox,
+        tickets: TicketService,
+        routing: Routing,
+        translator: Translator,
+        limits: Limits | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.tickets = tickets
+        self.routing = routing
+        self.t = translator
+        self.render = tickets.render
+        self.limits = limits or Limits()
+        # One conversation step at a time per chat: two quick messages must not race on the draft.
+        self._locks: defaultdict[tuple[Platform, int], asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    # -- entry points
+
+    async def command(self, who: Person, name: str, args: str = "") -> None:
+        async with self._locks[(who.platform, who.chat_id)]:
+            citizen = await self._citizen(who)
+            handler = {
+                "start": self._start,
+                "help": self._help,
+                "cancel": self._cancel,
+                "my": self._my,
+                "new": self._new,
+                "lang": self._choose_language,
+            }.get(name)
+            if name == "status":
+                await self._status(who, citizen, args)
+            elif handler is not None:
+                await handler(who, citizen)
+            else:
+                await self._say(who, citizen, "dialog.unknown_command")
+
+    async def message(self, incoming: CitizenInput) -> None:
+        who = incoming.who
+        async with self._locks[(who.platform, who.chat_id)]:
+            citizen = await self._citizen(who)
+            await self._message(incoming, citizen)
+
+    async def press(self, who: Person, data: str, message_id: int) -> str:
+        """A button in the citizen's chat; returns the short text for the button's answer."""
+        async with self._locks[(who.platform, who.chat_id)]:
+            citizen = await self._citizen(who)
+            try:
+                return await self._press(who, citizen, data, message_id)
+            except DomainError as error:
+                return self.t.get(citizen.locale, error.key)
+
+    async def notice(self, who: Person, key: str) -> None:
+        """A one-line answer that changes nothing (an edited message, an unsupported update)."""
+        citizen = await self._citizen(who)
+        await self._say(who, citizen, key)
+
+    # -- messages
+
+    async def _message(self, incoming: CitizenInput, citizen: Citizen) -> None:
+        who = incoming.who
+        if incoming.unsupported:
+            await self._say(who, citizen, "dialog.unsupported")
+            return
+        if len(incoming.text) > self.limits.max_text:
+            await self._say(
+                who, citizen, "dialog.too_long", limit=self.limits.max_text, length=len(incoming.text)
+            )
+            return
+        if incoming.reply_to is not None and await self._to_ticket_by_reply(incoming, citizen):
+            return
+        async with self.outbox.read() as repo:
+            state = await repo.conversation(who.platform, who.chat_id)
+            waiting = await repo.citizen_ticket_waiting_for_info(citizen.id)
+        draft = draft_from_json(state.get("draft")) if state else None
+        if draft is None and waiting is not None:
+            await self._to_ticket(incoming, citizen, waiting.id)
+            return
+        if draft is not None and draft.step == "confirm" and incoming.text and not incoming.photos:
+            await self._say(who, citizen, "dialog.confirm_hint")
+            return
+        await self._feed(who, citizen, draft or Draft(), incoming)
+
+    async def _to_ticket_by_reply(self, incoming: CitizenInput, citizen: Citizen) -> bool:
+        assert incoming.reply_to is not None
+        async with self.outbox.read() as repo:
+            link = await repo.linked_ticket(incoming.who.platform, incoming.who.chat_id, incoming.reply_to)
+        if link is None:
+            return False
+        await self._to_ticket(incoming, citizen, link[0])
+        return True
+
+    async def _to_ticket(self, incoming: CitizenInput, citizen: Citizen, ticket_id: int) -> None:
+        try:
+            await self.tickets.citizen_message(citizen, ticket_id, incoming.text, incoming.photos)
+        except TicketClosed as closed:
+            await self._say(
+                incoming.who, citizen, "dialog.ticket_closed", tag=self.render.tag(int(str(closed)))
+            )
+        except TicketNotFound:
+            await self._say(incoming.who, citizen, "error.ticket_not_found")
+
+    async def _feed(self, who: Person, citizen: Citizen, draft: Draft, incoming: CitizenInput) -> None:
+        notes: list[str] = []
+        if incoming.text:
+            draft.text = f"{draft.text}\n{incoming.text}".strip() if draft.text else incoming.text.strip()
+            if len(draft.text) > self.limits.max_text:
+                draft.text = draft.text[: self.limits.max_text]
+                notes.append("dialog.text_trimmed")
+        room = self.limits.max_photos - len(draft.photos)
+        if len(incoming.photos) > room:
+            notes.append("dialog.too_many_photos")
+        draft.photos.extend(incoming.photos[: max(room, 0)])
+        if incoming.location is not None:
+            draft.latitude, draft.longitude = incoming.location.latitude, incoming.location.longitude
+            draft.address = None
+            draft.location_done = True
+        elif draft.step == "location" and incoming.text and not incoming.photos:
+            # Text typed at the location step is the address, not more description.
+            draft.text = draft.text.removesuffix(incoming.text).strip()
+            draft.address = incoming.text.strip()[:500]
+            draft.location_done = True
+        async with self.outbox.unit() as u:
+            for note in notes:
+                await self._say_in(u, who, citizen, note, limit=self.limits.max_photos)
+            await self._advance(u, who, citizen, draft)
+
+    async def _advance(self, u: Unit, who: Person, citizen: Citizen, draft: Draft) -> None:
+        """Save the draft and ask for the first thing it still lacks."""
+        locale = citizen.locale
+        cancel = [Button(self.t.get(locale, "button.cancel"), "d:cancel")]
+        if draft.category_id is None:
+            draft.step = "category"
+            message = Outgoing(
+                self.t.render(locale, "dialog.choose_category"), buttons=self._categories(locale)
+            )
+        elif not draft.text:
+            draft.step = "describe"
+            key = "dialog.need_text" if draft.photos else "dialog.describe"
+            message = Outgoing(
+                self.t.render(locale, key, category=self.render.category(locale, draft.category_id)),
+                buttons=[cancel],
+            )
+        elif not draft.location_done:
+            draft.step = "location"
+            message = Outgoing(
+                self.t.render(locale, "dialog.location"),
+                buttons=[[Button(self.t.get(locale, "button.skip"), "d:skip")], cancel],
+            )
+        else:
+            draft.step = "confirm"
+            message = Outgoing(
+                self._summary(locale, draft),
+                buttons=[[Button(self.t.get(locale, "button.confirm"), "d:confirm")], cancel],
+            )
+        await u.repo.save_conversation(who.platform, who.chat_id, {"draft": draft_to_json(draft)}, u.now)
+        await u.send(who.platform, who.chat_id, message)
+
+    def _categories(self, locale: str) -> list[list[Button]]:
+        buttons = [
+            Button(self.render.category(locale, category.id), f"c:{category.id}")
+            for category in self.routing.categories
+        ]
+        rows = [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
+        rows.append([Button(self.t.get(locale, "button.cancel"), "d:cancel")])
+        return rows
+
+    def _summary(self, locale: str, draft: Draft) -> Html:
+        if draft.address:
+            place = self.t.render(locale, "ticket.address", address=draft.address)
+        elif draft.latitude is not None:
+            place = self.t.render(
+                locale,
+                "dialog.summary_location",
+                latitude=f"{draft.latitude:.5f}",
+                longitude=f"{draft.longitude:.5f}",
+            )
+        else:
+            place = self.t.render(locale, "ticket.no_place")
+        assert draft.category_id is not None
+        return self.t.render(
+            locale,
+            "dialog.summary",
+            category=self.render.category(locale, draft.category_id),
+            text=draft.text,
+            place=place,
+            photos=self.t.plural(locale, "dialog.photos", len(draft.photos)),
+        )
+
+    # -- buttons
+
+    async def _press(self, who: Person, citizen: Citizen, data: str, message_id: int) -> str:
+        kind, _, value = data.partition(":")
+        locale = citizen.locale
+        if kind == "m":
+            menu = {"new": self._new, "my": self._my, "lang": self._choose_language, "help": self._help}
+            if value not in menu:
+                return self.t.get(locale, "toast.unknown_button")
+            await menu[value](who, citizen)
+            return ""
+        if kind == "l" and value in SUPPORTED:
+            await self._set_language(who, citizen, value)
+            return self.t.get(value, "toast.language_set")
+        if kind == "f":
+            answer, _, ticket_id = value.partition(":")
+            if answer not in ("yes", "no") or not ticket_id.isdigit():
+                return self.t.get(locale, "toast.unknown_button")
+            key = await self.tickets.answer_feedback(citizen, int(ticket_id), answer == "yes")
+            return self.t.get(locale, key)
+        async with self.outbox.read() as repo:
+            state = await repo.conversation(who.platform, who.chat_id)
+        draft = draft_from_json(state.get("draft")) if state else None
+        if kind == "c":
+            try:
+                self.routing.category(value)
+            except KeyError:
+                return self.t.get(locale, "toast.unknown_button")
+            draft = draft or Draft()
+            draft.category_id = value
+            async with self.outbox.unit() as u:
+                await self._close_keyboard(u, who, message_id)
+                await self._advance(u, who, citizen, draft)
+            return self.render.category(locale, value)
+        if kind == "d" and value == "cancel":
+            await self._cancel(who, citizen, message_id)
+            return ""
+        if kind != "d" or value not in ("skip", "confirm"):
+            return self.t.get(locale, "toast.unknown_button")
+        if draft is None:
+            return self.t.get(locale, "toast.nothing_to_confirm")
+        if value == "skip":
+            draft.location_done = True
+            async with self.outbox.unit() as u:
+                await self._close_keyboard(u, who, message_id)
+                await self._advance(u, who, citizen, draft)
+            return ""
+        ticket = await self.tickets.open_ticket(citizen, who.chat_id)
+        if ticket is None:
+            return self.t.get(locale, "toast.nothing_to_confirm")
+        async with self.outbox.unit() as u:
+            await self._close_keyboard(u, who, message_id)
+        return self.t.get(locale, "toast.registered")
+
+    async def _close_keyboard(self, u: Unit, who: Person, message_id: int) -> None:
+        """Take the buttons off a step that is done, so an old keyboard cannot be pressed twice."""
+        await u.send(
+            who.platform, who.chat_id, Outgoing("", edit=Ref(message_id=message_id), buttons_only=True)
+        )
+
+    # -- commands
+
+    async def _start(self, who: Person, citizen: Citizen) -> None:
+        async with self.outbox.unit() as u:
+            await u.repo.save_conversation(who.platform, who.chat_id, None, u.now)
+            await self._menu(u, who, citizen, "dialog.greeting")
+
+    async def _menu(self, u: Unit, who: Person, citizen: Citizen, key: str) -> None:
+        locale = citizen.locale
+        text = self.t.render(locale, key, name=who.name)
+        await u.send(who.platform, who.chat_id, Outgoing(text, buttons=self._menu_buttons(locale)))
+
+    def _menu_buttons(self, locale: str) -> list[list[Button]]:
+        return [
+            [Button(self.t.get(locale, "button.new_report"), "m:new")],
+            [
+                Button(self.t.get(locale, "button.my_reports"), "m:my"),
+                Button(self.t.get(locale, "button.language"), "m:lang"),
+            ],
+            [Button(self.t.get(locale, "button.help"), "m:help")],
+        ]
+
+    async def _help(self, who: Person, citizen: Citizen) -> None:
+        async with self.outbox.unit() as u:
+            await self._menu(u, who, citizen, "dialog.help")
+
+    async def _new(self, who: Person, citizen: Citizen) -> None:
+        async with self.outbox.unit() as u:
+            await self._advance(u, who, citizen, Draft())
+
+    async def _cancel(self, who: Person, citizen: Citizen, message_id: int | None = None) -> None:
+        async with self.outbox.unit() as u:
+            had_draft = await u.repo.conversation(who.platform, who.chat_id) is not None
+            await u.repo.save_conversation(who.platform, who.chat_id, None, u.now)
+            if message_id is not None:
+                await self._close_keyboard(u, who, message_id)
+            await self._menu(u, who, citizen, "dialog.cancelled" if had_draft else "dialog.nothing_to_cancel")
+
+    async def _my(self, who: Person, citizen: Citizen) -> None:
+        tickets = await self.tickets.citizen_tickets(citizen)
+        locale = citizen.locale
+        if not tickets:
+            await self._say(who, citizen, "dialog.no_tickets")
+            return
+        lines = [self.t.render(locale, "dialog.my_header")]
+        lines += [self.render.citizen_summary(locale, ticket) for ticket in tickets]
+        lines.append(self.t.render(locale, "dialog.my_footer"))
+        async with self.outbox.unit() as u:
+            await u.send(who.platform, who.chat_id, Outgoing(Html("\n".join(lines))))
+
+    async def _status(self, who: Person, citizen: Citizen, args: str) -> None:
+        match = NUMBER.match(args)
+        if match is None:
+            await self._say(who, citizen, "dialog.status_usage", prefix=self.routing.ticket_prefix)
+            return
+        try:
+            ticket = await self.tickets.citizen_ticket(citizen, int(match.group(1)))
+        except TicketNotFound:
+            await self._say(who, citizen, "error.ticket_not_found")
+            return
+        locale = citizen.locale
+        waiting = ticket.status is TicketStatus.need_info
+        text = self.t.render(
+            locale,
+            "dialog.status",
+            tag=self.render.tag(ticket),
+            category=self.render.category(locale, ticket.category_id),
+            agency=self.render.agency(locale, ticket.agency_id),
+            status=self.render.status(locale, ticket.status),
+            created=self.render.local_time(ticket.created_at),
+            deadline=self.render.local_time(ticket.due_at),
+            text=ticket.text if len(ticket.text) <= 500 else ticket.text[:499] + "…",
+        )
+        if waiting:
+            text = Html(text + "\n\n" + self.t.render(locale, "dialog.status_waiting"))
+        async with self.outbox.unit() as u:
+            await u.send(
+                who.platform, who.chat_id, Outgoing(text, link_ticket_id=ticket.id, link_role="status")
+            )
+
+    async def _choose_language(self, who: Person, citizen: Citizen) -> None:
+        buttons = [[Button(self.t.get(code, "language.name"), f"l:{code}") for code in SUPPORTED]]
+        async with self.outbox.unit() as u:
+            await u.send(
+                who.platform,
+                who.chat_id,
+                Outgoing(self.t.render(citizen.locale, "dialog.choose_language"), buttons=buttons),
+            )
+
+    async def _set_language(self, who: Person, citizen: Citizen, locale: str) -> None:
+        async with self.outbox.unit() as u:
+            await u.repo.set_citizen_locale(citizen.id, locale)
+            updated = Citizen(
+                citizen.id, citizen.platform, citizen.external_id, locale, citizen.unreachable_at
+            )
+            await self._menu(u, who, updated, "dialog.language_set")
+
+    # -- helpers
+
+    async def _citizen(self, who: Person) -> Citizen:
+        async with self.outbox.read() as repo:
+            citizen = await repo.citizen_by_external(who.platform, who.user_id)
+        if citizen is not None:
+            return citizen
+        async with self.outbox.unit() as u:
+            return await u.repo.ensure_citizen(
+                who.platform, who.user_id, who.name, self.t.normalise(who.language), u.now
+            )
+
+    async def _say(self, who: Person, citizen: Citizen, key: str, **params: object) -> None:
+        async with self.outbox.unit() as u:
+            await self._say_in(u, who, citizen, key, **params)
+
+    async def _say_in(self, u: Unit, who: Person, citizen: Citizen, key: str, **params: object) -> None:
+        await u.send(who.platform, who.chat_id, Outgoing(self.t.render(citizen.locale, key, **params)))

@@ -1,0 +1,127 @@
+"""What the bot says, platform-neutral: a message, its buttons, and where it goes in a thread.
+
+Outbox rows carry these as JSON; each platform's messenger turns them into API calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bot.domain import Action, Attachment, Draft, MediaKind, Platform, TicketStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    text: str
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A message in a chat, named by the ticket and role it was linked with, or by its id."""
+
+    ticket_id: int | None = None
+    role: str | None = None
+    message_id: int | None = None
+
+
+@dataclass(slots=True)
+class Outgoing:
+    text: str
+    photos: list[Attachment] = field(default_factory=list)
+    buttons: list[list[Button]] = field(default_factory=list)
+    reply_to: Ref | None = None
+    # Recorded in message_links after sending, so a reply to this message finds the ticket.
+    link_ticket_id: int | None = None
+    link_role: str = "message"
+    # Sent with the photos when they go as a separate album before the text.
+    photo_caption: str = ""
+    # Ask the client to open a reply to this message (staff prompts).
+    force_reply: bool = False
+    # Edit this message in place instead of sending a new one; `buttons_only` keeps its text.
+    edit: Ref | None = None
+    buttons_only: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["photos"] = [attachment_to_json(p) for p in self.photos]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outgoing:
+        return cls(
+            text=data["text"],
+            photos=[attachment_from_json(p) for p in data.get("photos", [])],
+            buttons=[[Button(**b) for b in row] for row in data.get("buttons", [])],
+            reply_to=Ref(**data["reply_to"]) if data.get("reply_to") else None,
+            link_ticket_id=data.get("link_ticket_id"),
+            link_role=data.get("link_role", "message"),
+            photo_caption=data.get("photo_caption", ""),
+            force_reply=data.get("force_reply", False),
+            edit=Ref(**data["edit"]) if data.get("edit") else None,
+            buttons_only=data.get("buttons_only", False),
+        )
+
+
+def attachment_to_json(a: Attachment) -> dict[str, str]:
+    return {
+        "kind": a.kind.value,
+        "platform": a.platform.value,
+        "file_id": a.file_id,
+        "file_unique_id": a.file_unique_id,
+        "url": a.url,
+    }
+
+
+def attachment_from_json(d: dict[str, str]) -> Attachment:
+    return Attachment(
+        kind=MediaKind(d["kind"]),
+        platform=Platform(d["platform"]),
+        file_id=d["file_id"],
+        file_unique_id=d.get("file_unique_id", ""),
+        url=d.get("url", ""),
+    )
+
+
+def draft_to_json(draft: Draft) -> dict[str, Any]:
+    data = asdict(draft)
+    data["photos"] = [attachment_to_json(p) for p in draft.photos]
+    return data
+
+
+def draft_from_json(data: object) -> Draft | None:
+    if not isinstance(data, dict):
+        return None
+    values = dict(data)
+    values["photos"] = [attachment_from_json(p) for p in values.get("photos", [])]
+    known = Draft.__dataclass_fields__.keys()
+    return Draft(**{k: v for k, v in values.items() if k in known})
+
+
+# Button data: short colon-separated strings, well under Telegram's 64 bytes. The first field says
+# what the button is; everything after it is re-checked against the database, never trusted.
+#   t:<action>:<ticket_id>:<status>  staff action on a card showing <status>
+#   x:<agency_id>:<ticket_id>        staff chose the agency to transfer to
+#   b:<ticket_id>                    staff went back from the transfer list to the card's buttons
+#   c:<category_id>                  citizen chose a category
+#   f:<yes|no>:<ticket_id>           citizen answers "Solved?"
+#   m:<new|my|lang|help>             citizen menu
+#   d:<confirm|cancel|skip|edit>     citizen draft step
+#   l:<ru|en>                        citizen picks a language
+
+
+def ticket_action(action: Action, ticket_id: int, status: TicketStatus) -> str:
+    return f"t:{action.value}:{ticket_id}:{status.value}"
+
+
+def transfer_target(agency_id: str, ticket_id: int) -> str:
+    return f"x:{agency_id}:{ticket_id}"
+
+
+def feedback(answer: str, ticket_id: int) -> str:
+    return f"f:{answer}:{ticket_id}"
+
+
+def back_to_card(ticket_id: int) -> str:
+    return f"b:{ticket_id}"

@@ -1,0 +1,140 @@
+"""Texts and buttons about tickets, in the reader's language: cards, notices, lists, timelines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import cast
+
+from bot.config import Locale, Routing
+from bot.domain import ALLOWED_ACTIONS, Action, EventKind, Ticket, TicketEvent, TicketStatus
+from bot.i18n import Html, Translator
+from bot.messages import Button, back_to_card, ticket_action, transfer_target
+
+ACTION_ORDER = (Action.take, Action.need_info, Action.resolve, Action.reject, Action.transfer)
+
+
+class Renderer:
+    def __init__(self, translator: Translator, routing: Routing) -> None:
+        self.t = translator
+        self.routing = routing
+
+    def tag(self, ticket: Ticket | int) -> Html:
+        """The one searchable token for a ticket, the same in every language: a tappable hashtag."""
+        number = ticket if isinstance(ticket, int) else ticket.number
+        return Html(f"#{self.routing.ticket_prefix}{number}")
+
+    def local_time(self, when: datetime) -> str:
+        return when.astimezone(self.routing.timezone).strftime("%d.%m.%Y %H:%M")
+
+    def status(self, locale: str, status: TicketStatus) -> str:
+        return self.t.get(locale, f"status.{status.value}")
+
+    def category(self, locale: str, category_id: str) -> str:
+        try:
+            category = self.routing.category(category_id)
+        except KeyError:
+            return category_id
+        title = category.title_in(cast(Locale, self.t.normalise(locale)))
+        return f"{category.emoji} {title}".strip()
+
+    def agency(self, locale: str, agency_id: str) -> str:
+        try:
+            return self.routing.agency(agency_id).title_in(cast(Locale, self.t.normalise(locale)))
+        except KeyError:
+            return agency_id
+
+    def place(self, locale: str, ticket: Ticket) -> Html:
+        if ticket.address:
+            return self.t.render(locale, "ticket.address", address=ticket.address)
+        if ticket.latitude is not None and ticket.longitude is not None:
+            url = f"https://maps.google.com/?q={ticket.latitude:.6f},{ticket.longitude:.6f}"
+            return self.t.render(
+                locale,
+                "ticket.location",
+                link=Html(f'<a href="{url}">{ticket.latitude:.5f}, {ticket.longitude:.5f}</a>'),
+            )
+        return self.t.render(locale, "ticket.no_place")
+
+    def card(
+        self, locale: str, ticket: Ticket, citizen_id: int, photos: int, transferred_to: str | None = None
+    ) -> Html:
+        lines: list[str] = [
+            self.t.render(
+                locale,
+                "card.header",
+                tag=self.tag(ticket),
+                category=self.category(locale, ticket.category_id),
+            ),
+            self.t.render(locale, "card.status", status=self.status(locale, ticket.status)),
+            self.t.render(locale, "card.deadline", deadline=self.local_time(ticket.due_at)),
+            self.t.render(locale, "card.citizen", citizen=citizen_id),
+            self.place(locale, ticket),
+        ]
+        if photos:
+            lines.append(self.t.plural(locale, "card.photos", photos))
+        lines += ["", self.t.render(locale, "card.text", text=ticket.text)]
+        if transferred_to is not None:
+            lines += ["", self.t.render(locale, "card.transferred", agency=transferred_to)]
+        return Html("\n".join(lines))
+
+    def card_buttons(self, locale: str, ticket: Ticket) -> list[list[Button]]:
+        allowed = ALLOWED_ACTIONS[ticket.status]
+        buttons = [
+            Button(
+                self.t.get(locale, f"button.{action.name}"), ticket_action(action, ticket.id, ticket.status)
+            )
+            for action in ACTION_ORDER
+            if action in allowed
+        ]
+        return [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
+
+    def transfer_buttons(self, locale: str, ticket: Ticket) -> list[list[Button]]:
+        rows = [
+            [
+                Button(
+                    agency.title_in(cast(Locale, self.t.normalise(locale))),
+                    transfer_target(agency.id, ticket.id),
+                )
+            ]
+            for agency in self.routing.agencies
+            if agency.id != ticket.agency_id
+        ]
+        rows.append([Button(self.t.get(locale, "button.back"), back_to_card(ticket.id))])
+        return rows
+
+    def citizen_summary(self, locale: str, ticket: Ticket) -> Html:
+        return self.t.render(
+            locale,
+            "citizen.ticket_line",
+            tag=self.tag(ticket),
+            category=self.category(locale, ticket.category_id),
+            status=self.status(locale, ticket.status),
+            deadline=self.local_time(ticket.due_at),
+        )
+
+    def timeline(self, locale: str, ticket: Ticket, events: Sequence[TicketEvent]) -> Html:
+        lines = [self.t.render(locale, "history.header", tag=self.tag(ticket))]
+        for event in events:
+            detail = str(event.payload.get("text") or event.payload.get("reason") or "")
+            if event.kind is EventKind.transferred:
+                detail = self.agency(locale, str(event.payload.get("to", "")))
+            if len(detail) > 200:
+                detail = detail[:199] + "…"
+            lines.append(
+                self.t.render(
+                    locale,
+                    "history.line_detail" if detail else "history.line",
+                    time=self.local_time(event.created_at),
+                    event=self.t.get(locale, f"event.{event.kind.value}"),
+                    actor=self.actor(locale, event),
+                    detail=detail,
+                )
+            )
+        return Html("\n".join(lines))
+
+    def actor(self, locale: str, event: TicketEvent) -> str:
+        kind, _, _ = event.actor.partition(":")
+        if kind == "staff":
+            return str(event.payload.get("by") or self.t.get(locale, "actor.staff"))
+        return self.t.get(locale, f"actor.{kind}" if kind in ("citizen", "system") else "actor.staff")

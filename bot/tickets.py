@@ -1,0 +1,596 @@
+"""TicketService: every rule of a ticket's life, and who is told what when it changes.
+
+Each public method is one transaction: the change, its `ticket_events` row and the outbox rows for
+everyone who must hear of it. No platform library is imported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from bot.config import Routing
+from bot.delivery.outbox import Outbox, Unit
+from bot.domain import (
+    Action,
+    Attachment,
+    Citizen,
+    EventKind,
+    NotAllowedHere,
+    Platform,
+    Ticket,
+    TicketClosed,
+    TicketEvent,
+    TicketNotFound,
+    TicketStatus,
+    check_action,
+)
+from bot.i18n import Html, Translator
+from bot.messages import Button, Outgoing, Ref, draft_from_json, feedback
+from bot.render import Renderer
+from bot.sla import deadline
+
+STAFF_PLATFORM = Platform.telegram
+
+
+@dataclass(frozen=True, slots=True)
+class Staff:
+    """A person acting in an agency's or the coordinators' chat."""
+
+    chat_id: int
+    user_id: int
+    name: str
+
+    @property
+    def actor(self) -> str:
+        return f"staff:{self.user_id}"
+
+
+class TicketService:
+    def __init__(self, outbox: Outbox, routing: Routing, translator: Translator) -> None:
+        self.outbox = outbox
+        self.routing = routing
+        self.t = translator
+        self.render = Renderer(translator, routing)
+
+    # -- reading
+
+    async def citizen_tickets(self, citizen: Citizen, limit: int = 10) -> list[Ticket]:
+        async with self.outbox.read() as repo:
+            return await repo.citizen_tickets(citizen.id, limit)
+
+    async def citizen_ticket(self, citizen: Citizen, number: int) -> Ticket:
+        """One of the citizen's own tickets; someone else's number is simply not found."""
+        async with self.outbox.read() as repo:
+            ticket = await repo.ticket_by_number(number)
+        if ticket is None or ticket.citizen_id != citizen.id:
+            raise TicketNotFound(str(number))
+        return ticket
+
+    async def ticket_for_chat(self, number: int, chat_id: int) -> tuple[Ticket, list[TicketEvent]]:
+        async with self.outbox.read() as repo:
+            ticket = await repo.ticket_by_number(number)
+            if ticket is None:
+                raise TicketNotFound(str(number))
+            self._authorize(ticket, chat_id)
+            return ticket, await repo.events(ticket.id)
+
+    async def post_history(self, number: int, chat_id: int, reply_to: int) -> None:
+        """`/history N`: the ticket's timeline from its events, in a chat that has authority over it."""
+        ticket, events = await self.ticket_for_chat(number, chat_id)
+        async with self.outbox.unit() as u:
+            await u.send(
+                STAFF_PLATFORM,
+                chat_id,
+                Outgoing(
+                    self.render.timeline(self._chat_locale(chat_id), ticket, events),
+                    reply_to=Ref(message_id=reply_to),
+                    link_ticket_id=ticket.id,
+                    link_role="history",
+                ),
+                ticket_id=ticket.id,
+            )
+
+    async def post_card(self, number: int, chat_id: int) -> None:
+        """`/card N`: a fresh card with live buttons, e.g. for coordinators acting on any ticket."""
+        ticket, _ = await self.ticket_for_chat(number, chat_id)
+        async with self.outbox.unit() as u:
+            await self._post_card(u, ticket, chat_id, await u.repo.media(ticket.id, source="citizen"))
+
+    # -- citizens
+
+    async def open_ticket(self, citizen: Citizen, chat_id: int) -> Ticket | None:
+        """File the citizen's stored draft as a ticket. The draft is cleared in the same transaction,
+        so a repeated "confirm" (a double tap, a redelivered update) files nothing more."""
+        async with self.outbox.unit() as u:
+            state = await u.repo.conversation(citizen.platform, chat_id)
+            draft = draft_from_json(state.get("draft")) if state else None
+            if draft is None or draft.category_id is None or not draft.text:
+                return None
+            category = self.routing.category(draft.category_id)
+            ticket = await u.repo.insert_ticket(
+                citizen_id=citizen.id,
+                category_id=category.id,
+                agency_id=category.agency,
+                status=TicketStatus.new.value,
+                text=draft.text,
+                latitude=draft.latitude,
+                longitude=draft.longitude,
+                address=draft.address,
+                created_at=u.now,
+                updated_at=u.now,
+                due_at=deadline(u.now, category.sla),
+            )
+            await u.repo.add_media(ticket.id, draft.photos, "citizen", u.now)
+            await u.repo.add_event(ticket.id, EventKind.created, f"citizen:{citizen.id}", {}, u.now)
+            await u.repo.save_conversation(citizen.platform, chat_id, None, u.now)
+            locale = citizen.locale
+            await u.send(
+                citizen.platform,
+                citizen.external_id,
+                Outgoing(
+                    self.t.render(
+                        locale,
+                        "citizen.registered",
+                        tag=self.render.tag(ticket),
+                        category=self.render.category(locale, ticket.category_id),
+                        agency=self.render.agency(locale, ticket.agency_id),
+                        deadline=self.render.local_time(ticket.due_at),
+                    ),
+                    link_ticket_id=ticket.id,
+                    link_role="registered",
+                ),
+                ticket_id=ticket.id,
+            )
+            await self._post_card(u, ticket, self._agency_chat(ticket.agency_id), draft.photos)
+            return ticket
+
+    async def citizen_message(
+        self, citizen: Citizen, ticket_id: int, text: str, photos: Sequence[Attachment]
+    ) -> Ticket:
+        """A citizen's answer or addition: stored, shown in the agency chat under the card. An answer to
+        a question restarts the clock, moving the deadline by the time the ticket waited."""
+        async with self.outbox.unit() as u:
+            ticket = await self._ticket(u, ticket_id)
+            if ticket.citizen_id != citizen.id:
+                raise TicketNotFound(str(ticket_id))
+            if not ticket.status.is_open:
+                raise TicketClosed(str(ticket.number))
+            await u.repo.add_media(ticket.id, photos, "citizen", u.now)
+            await u.repo.add_event(
+                ticket.id, EventKind.citizen_message, f"citizen:{citizen.id}", {"text": text}, u.now
+            )
+            if ticket.status is TicketStatus.need_info:
+                waited = await self._waited_for_citizen(u, ticket)
+                ticket = await u.repo.update_ticket(
+                    ticket.id,
+                    status=TicketStatus.in_progress.value,
+                    due_at=ticket.due_at + waited,
+                    updated_at=u.now,
+                )
+                await self._refresh_cards(u, ticket)
+            chat_id = self._agency_chat(ticket.agency_id)
+            locale = self._chat_locale(chat_id)
+            await u.send(
+                STAFF_PLATFORM,
+                chat_id,
+                Outgoing(
+                    self.t.render(
+                        locale, "agency.citizen_message", tag=self.render.tag(ticket), text=text or "—"
+                    ),
+                    photos=list(photos),
+                    photo_caption=self.render.tag(ticket),
+                    reply_to=Ref(ticket_id=ticket.id, role="card"),
+                    link_ticket_id=ticket.id,
+                    link_role="citizen",
+                ),
+                ticket_id=ticket.id,
+            )
+            await self._tell_citizen(u, citizen, ticket, "citizen.message_added", role="ack")
+            return ticket
+
+    async def answer_feedback(self, citizen: Citizen, ticket_id: int, solved: bool) -> str:
+        """The citizen's "Solved? Yes / No". Returns the key of the short answer to show them."""
+        async with self.outbox.unit() as u:
+            ticket = await self._ticket(u, ticket_id)
+            if ticket.citizen_id != citizen.id:
+                raise TicketNotFound(str(ticket_id))
+            if ticket.status is not TicketStatus.resolved:
+                return "toast.already_answered"
+            if solved:
+                ticket = await u.repo.update_ticket(
+                    ticket.id, status=TicketStatus.closed.value, closed_at=u.now, updated_at=u.now
+                )
+                await u.repo.add_event(ticket.id, EventKind.confirmed, f"citizen:{citizen.id}", {}, u.now)
+                await self._tell_citizen(u, citizen, ticket, "citizen.thanks")
+                await self._tell_agency(u, ticket, "agency.confirmed")
+            else:
+                ticket = await u.repo.update_ticket(
+                    ticket.id, status=TicketStatus.in_progress.value, resolved_at=None, updated_at=u.now
+                )
+                await u.repo.add_event(ticket.id, EventKind.reopened, f"citizen:{citizen.id}", {}, u.now)
+                await self._tell_citizen(u, citizen, ticket, "citizen.reopened")
+                await self._tell_agency(u, ticket, "agency.reopened")
+            await self._refresh_cards(u, ticket)
+            await u.send(
+                citizen.platform,
+                citizen.external_id,
+                Outgoing("", edit=Ref(ticket_id=ticket.id, role="resolved"), buttons_only=True),
+                ticket_id=ticket.id,
+            )
+            return "toast.thanks"
+
+    # -- staff
+
+    async def take(self, ticket_id: int, staff: Staff, seen: TicketStatus) -> str:
+        async with self.outbox.unit() as u:
+            ticket = await self._ticket_for_staff(u, ticket_id, staff)
+            if ticket.status is not seen:
+                await self._refresh_cards(u, ticket)
+                return "toast.stale"
+            check_action(ticket.status, Action.take)
+            ticket = await u.repo.update_ticket(
+                ticket.id,
+                status=TicketStatus.in_progress.value,
+                first_response_at=ticket.first_response_at or u.now,
+                updated_at=u.now,
+            )
+            await u.repo.add_event(ticket.id, EventKind.taken, staff.actor, {"by": staff.name}, u.now)
+            await self._refresh_cards(u, ticket)
+            await self._tell_citizen(u, await u.repo.citizen(ticket.citizen_id), ticket, "citizen.taken")
+            return "toast.taken"
+
+    async def prompt(self, ticket_id: int, staff: Staff, action: Action, seen: TicketStatus) -> str:
+        """Need info, Resolve and Reject need words from staff: ask for them as a reply."""
+        async with self.outbox.unit() as u:
+            ticket = await self._ticket_for_staff(u, ticket_id, staff)
+            if ticket.status is not seen:
+                await self._refresh_cards(u, ticket)
+                return "toast.stale"
+            await self.prompt_in(u, ticket, staff, action)
+            return "toast.reply_with_text"
+
+    async def show_transfer_targets(
+        self, ticket_id: int, staff: Staff, seen: TicketStatus, card_message_id: int
+    ) -> str:
+        async with self.outbox.unit() as u:
+            ticket = await self._ticket_for_staff(u, ticket_id, staff)
+            if ticket.status is not seen:
+                await self._refresh_cards(u, ticket)
+                return "toast.stale"
+            check_action(ticket.status, Action.transfer)
+            locale = self._chat_locale(staff.chat_id)
+            await u.send(
+                STAFF_PLATFORM,
+                staff.chat_id,
+                Outgoing(
+                    "",
+                    buttons=self.render.transfer_buttons(locale, ticket),
+                    edit=Ref(message_id=card_message_id),
+                    buttons_only=True,
+                ),
+                ticket_id=ticket.id,
+            )
+            return "toast.choose_agency"
+
+    async def restore_card(self, ticket_id: int, staff: Staff) -> str:
+        async with self.outbox.unit() as u:
+            ticket = await self._ticket_for_staff(u, ticket_id, staff)
+            await self._refresh_cards(u, ticket)
+            return "toast.ok"
+
+    async def transfer(self, ticket_id: int, staff: Staff, agency_id: str) -> str:
+        target = self.routing.agency(agency_id)
+        async with self.outbox.unit() as u:
+            ticket = await self._ticket_for_staff(u, ticket_id, staff)
+            check_action(ticket.status, Action.transfer)
+            if target.id == ticket.agency_id:
+                return "toast.stale"
+            old_chat = self._agency_chat(ticket.agency_id)
+            old_locale = self._chat_locale(old_chat)
+            ticket = await u.repo.update_ticket(
+                ticket.id, agency_id=target.id, status=TicketStatus.new.value, updated_at=u.now
+            )
+            await u.repo.add_event(
+                ticket.id,
+                EventKind.transferred,
+                staff.actor,
+                {"by": staff.name, "to": target.id},
+                u.now,
+            )
+            citizen = await u.repo.citizen(ticket.citizen_id)
+            photos = await u.repo.media(ticket.id, source="citizen")
+            # The old agency keeps a card that says where the ticket went, without buttons.
+            await u.send(
+                STAFF_PLATFORM,
+                old_chat,
+                Outgoing(
+                    self.render.card(
+                        old_locale,
+                        ticket,
+                        citizen.id,
+                        len(photos),
+                        transferred_to=self.render.agency(old_locale, target.id),
+                    ),
+                    edit=Ref(ticket_id=ticket.id, role="card"),
+                ),
+                ticket_id=ticket.id,
+            )
+            await self._post_card(u, ticket, target.chat_id, photos)
+            await self._refresh_cards(u, ticket, skip={target.chat_id, old_chat})
+            await self._tell_citizen(
+                u,
+                citizen,
+                ticket,
+                "citizen.transferred",
+                agency=self.render.agency(citizen.locale, target.id),
+            )
+            return "toast.transferred"
+
+    async def staff_message(
+        self,
+        ticket_id: int,
+        staff: Staff,
+        role: str,
+        text: str,
+        photos: Sequence[Attachment],
+        message_id: int,
+    ) -> None:
+        """A staff reply in the chat to one of the ticket's messages: an answer to the citizen, an
+        internal note (`!`), or the words a prompt asked for (question, final answer, reason)."""
+        command, _, rest = text.partition(" ")
+        command = command.split("@")[0].lower()
+        explicit = {"/ask": Action.need_info, "/resolve": Action.resolve, "/reject": Action.reject}
+        action: Action | None = None
+        if role.startswith("prompt:"):
+            action = Action(role.removeprefix("prompt:"))
+        elif command in explicit:
+            action, text = explicit[command], rest.strip()
+        async with self.outbox.unit() as u:
+            ticket = await self._ticket_for_staff(u, ticket_id, staff)
+            if action is None and text.startswith("!"):
+                await self._note(u, ticket, staff, text[1:].strip(), message_id)
+            elif action is None:
+                await self._reply(u, ticket, staff, text, photos, message_id)
+            elif not text and not (action is Action.resolve and photos):
+                await self.prompt_in(u, ticket, staff, action)
+            else:
+                await self._apply(u, ticket, staff, action, text, photos, message_id)
+
+    async def prompt_in(self, u: Unit, ticket: Ticket, staff: Staff, action: Action) -> None:
+        check_action(ticket.status, action)
+        locale = self._chat_locale(staff.chat_id)
+        await u.send(
+            STAFF_PLATFORM,
+            staff.chat_id,
+            Outgoing(
+                self.t.render(locale, f"prompt.{action.name}", tag=self.render.tag(ticket), name=staff.name),
+                reply_to=Ref(ticket_id=ticket.id, role="card"),
+                force_reply=True,
+                link_ticket_id=ticket.id,
+                link_role=f"prompt:{action.value}",
+            ),
+            ticket_id=ticket.id,
+        )
+
+    async def _note(self, u: Unit, ticket: Ticket, staff: Staff, text: str, message_id: int) -> None:
+        await u.repo.add_event(
+            ticket.id, EventKind.internal_note, staff.actor, {"by": staff.name, "text": text}, u.now
+        )
+        await self._ack(u, ticket, staff, "staff.note_saved", message_id)
+
+    async def _reply(
+        self,
+        u: Unit,
+        ticket: Ticket,
+        staff: Staff,
+        text: str,
+        photos: Sequence[Attachment],
+        message_id: int,
+    ) -> None:
+        if not ticket.status.is_open:
+            raise TicketClosed(str(ticket.number))
+        await u.repo.add_media(ticket.id, photos, "staff", u.now)
+        await u.repo.add_event(
+            ticket.id, EventKind.staff_reply, staff.actor, {"by": staff.name, "text": text}, u.now
+        )
+        if ticket.first_response_at is None:
+            ticket = await u.repo.update_ticket(ticket.id, first_response_at=u.now, updated_at=u.now)
+        citizen = await u.repo.citizen(ticket.citizen_id)
+        await self._tell_citizen(
+            u,
+            citizen,
+            ticket,
+            "citizen.answer",
+            photos=photos,
+            role="answer",
+            agency=self.render.agency(citizen.locale, ticket.agency_id),
+            text=text or "—",
+        )
+        await self._ack(u, ticket, staff, "staff.reply_sent", message_id)
+
+    async def _apply(
+        self,
+        u: Unit,
+        ticket: Ticket,
+        staff: Staff,
+        action: Action,
+        text: str,
+        photos: Sequence[Attachment],
+        message_id: int,
+    ) -> None:
+        check_action(ticket.status, action)
+        citizen = await u.repo.citizen(ticket.citizen_id)
+        agency = self.render.agency(citizen.locale, ticket.agency_id)
+        await u.repo.add_media(ticket.id, photos, "staff", u.now)
+        payload: dict[str, object] = {"by": staff.name, "text": text}
+        first = ticket.first_response_at or u.now
+        buttons: list[list[Button]] = []
+        if action is Action.need_info:
+            ticket = await u.repo.update_ticket(
+                ticket.id, status=TicketStatus.need_info.value, first_response_at=first, updated_at=u.now
+            )
+            kind, notice, role, ack = EventKind.info_requested, "citizen.question", "question", "staff.asked"
+        elif action is Action.resolve:
+            ticket = await u.repo.update_ticket(
+                ticket.id,
+                status=TicketStatus.resolved.value,
+                resolved_at=u.now,
+                first_response_at=first,
+                updated_at=u.now,
+            )
+            kind, notice, role, ack = EventKind.resolved, "citizen.resolved", "resolved", "staff.resolved"
+            buttons = [
+                [
+                    Button(self.t.get(citizen.locale, "button.solved_yes"), feedback("yes", ticket.id)),
+                    Button(self.t.get(citizen.locale, "button.solved_no"), feedback("no", ticket.id)),
+                ]
+            ]
+        else:
+            ticket = await u.repo.update_ticket(
+                ticket.id,
+                status=TicketStatus.rejected.value,
+                closed_at=u.now,
+                first_response_at=first,
+                updated_at=u.now,
+            )
+            kind, notice, role, ack = EventKind.rejected, "citizen.rejected", "rejected", "staff.rejected"
+        await u.repo.add_event(ticket.id, kind, staff.actor, payload, u.now)
+        await self._tell_citizen(
+            u, citizen, ticket, notice, photos=photos, role=role, buttons=buttons, agency=agency, text=text
+        )
+        await self._refresh_cards(u, ticket)
+        await self._ack(u, ticket, staff, ack, message_id)
+
+    # -- helpers
+
+    async def _ticket(self, u: Unit, ticket_id: int) -> Ticket:
+        try:
+            return await u.repo.ticket(ticket_id)
+        except LookupError:
+            raise TicketNotFound(str(ticket_id)) from None
+
+    async def _ticket_for_staff(self, u: Unit, ticket_id: int, staff: Staff) -> Ticket:
+        ticket = await self._ticket(u, ticket_id)
+        self._authorize(ticket, staff.chat_id)
+        return ticket
+
+    def _authorize(self, ticket: Ticket, chat_id: int) -> None:
+        """Authority comes from the chat: the ticket's agency chat or the coordinators' chat."""
+        if chat_id != self._agency_chat(ticket.agency_id) and not self.routing.is_coordinators_chat(chat_id):
+            raise NotAllowedHere(f"chat {chat_id} has no authority over ticket {ticket.id}")
+
+    def _agency_chat(self, agency_id: str) -> int:
+        return self.routing.agency(agency_id).chat_id
+
+    def _chat_locale(self, chat_id: int) -> str:
+        agency = self.routing.agency_by_chat(chat_id)
+        if agency is not None:
+            return self.routing.agency_locale(agency)
+        return self.routing.coordinators_locale()
+
+    async def _waited_for_citizen(self, u: Unit, ticket: Ticket) -> timedelta:
+        asked_at = max(
+            (e.created_at for e in await u.repo.events(ticket.id) if e.kind is EventKind.info_requested),
+            default=u.now,
+        )
+        return max(u.now - asked_at, timedelta(0))
+
+    async def _post_card(self, u: Unit, ticket: Ticket, chat_id: int, photos: Sequence[Attachment]) -> None:
+        locale = self._chat_locale(chat_id)
+        await u.send(
+            STAFF_PLATFORM,
+            chat_id,
+            Outgoing(
+                self.render.card(locale, ticket, ticket.citizen_id, len(photos)),
+                photos=list(photos),
+                photo_caption=self.render.tag(ticket),
+                buttons=self.render.card_buttons(locale, ticket),
+                link_ticket_id=ticket.id,
+                link_role="card",
+            ),
+            ticket_id=ticket.id,
+        )
+
+    async def _refresh_cards(
+        self, u: Unit, ticket: Ticket, skip: frozenset[int] | set[int] = frozenset()
+    ) -> None:
+        """Make every card of the ticket show its current status and the buttons that status allows."""
+        chats = [self._agency_chat(ticket.agency_id)]
+        coordinators = self.routing.coordinators.chat_id
+        if await u.repo.latest_linked_message(ticket.id, STAFF_PLATFORM, coordinators, "card") is not None:
+            chats.append(coordinators)
+        photos = len(await u.repo.media(ticket.id, source="citizen"))
+        for chat_id in chats:
+            if chat_id in skip:
+                continue
+            locale = self._chat_locale(chat_id)
+            await u.send(
+                STAFF_PLATFORM,
+                chat_id,
+                Outgoing(
+                    self.render.card(locale, ticket, ticket.citizen_id, photos),
+                    buttons=self.render.card_buttons(locale, ticket),
+                    edit=Ref(ticket_id=ticket.id, role="card"),
+                ),
+                ticket_id=ticket.id,
+            )
+
+    async def _tell_citizen(
+        self,
+        u: Unit,
+        citizen: Citizen,
+        ticket: Ticket,
+        key: str,
+        *,
+        photos: Sequence[Attachment] = (),
+        role: str = "notice",
+        buttons: list[list[Button]] | None = None,
+        **params: object,
+    ) -> None:
+        locale = citizen.locale
+        await u.send(
+            citizen.platform,
+            citizen.external_id,
+            Outgoing(
+                self.t.render(locale, key, tag=self.render.tag(ticket), **params),
+                photos=list(photos),
+                photo_caption=self.render.tag(ticket),
+                buttons=buttons or [],
+                link_ticket_id=ticket.id,
+                link_role=role,
+            ),
+            ticket_id=ticket.id,
+        )
+
+    async def _tell_agency(self, u: Unit, ticket: Ticket, key: str) -> None:
+        chat_id = self._agency_chat(ticket.agency_id)
+        await u.send(
+            STAFF_PLATFORM,
+            chat_id,
+            Outgoing(
+                self.t.render(self._chat_locale(chat_id), key, tag=self.render.tag(ticket)),
+                reply_to=Ref(ticket_id=ticket.id, role="card"),
+                link_ticket_id=ticket.id,
+                link_role="notice",
+            ),
+            ticket_id=ticket.id,
+        )
+
+    async def _ack(self, u: Unit, ticket: Ticket, staff: Staff, key: str, message_id: int) -> None:
+        locale = self._chat_locale(staff.chat_id)
+        await u.send(
+            STAFF_PLATFORM,
+            staff.chat_id,
+            Outgoing(
+                self.t.render(locale, key, tag=self.render.tag(ticket)),
+                reply_to=Ref(message_id=message_id),
+                link_ticket_id=ticket.id,
+                link_role="ack",
+            ),
+            ticket_id=ticket.id,
+        )
+
+    def staff_text(self, chat_id: int, key: str, **params: object) -> Html:
+        return self.t.render(self._chat_locale(chat_id), key, **params)

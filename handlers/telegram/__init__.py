@@ -1,0 +1,12 @@
+"""Telegram handlers, one router per audience."""
+
+from aiogram import Router
+
+from bot.config import Routing
+
+from .agency import staff_router
+from .citizen import citizen_router
+
+
+def get_routers(routing: Routing, album_wait: float) -> list[Router]:
+    return [citizen_router(album_wait), staff_router(routing)]

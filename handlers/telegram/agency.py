@@ -1,0 +1,144 @@
+"""Agency and coordinators' chats: card buttons, replies to the ticket's messages, staff commands.
+
+Authority comes from the chat: these handlers only see chats named in the routing file, and the service
+checks again that the chat may act on the particular ticket.
+"""
+
+from __future__ import annotations
+
+from aiogram import F, Router
+from aiogram.filters import Command, CommandObject
+from aiogram.types import CallbackQuery, Message
+
+from bot.config import Routing
+from bot.delivery.outbox import Outbox
+from bot.dialog import NUMBER
+from bot.domain import Action, DomainError, Platform, TicketStatus
+from bot.messages import Outgoing, Ref
+from bot.tickets import TicketService
+
+from .common import photos, staff
+
+
+def staff_router(routing: Routing) -> Router:
+    router = Router(name="staff")
+    chats = frozenset({a.chat_id for a in routing.agencies} | {routing.coordinators.chat_id})
+    router.message.filter(F.chat.id.in_(chats))
+    router.callback_query.filter(F.message.chat.id.in_(chats))
+
+    @router.callback_query(F.data.startswith("t:"))
+    async def card_button(query: CallbackQuery, tickets: TicketService) -> None:
+        assert query.message is not None and query.data is not None
+        parts = query.data.split(":")
+        try:
+            action, ticket_id, seen = Action(parts[1]), int(parts[2]), TicketStatus(parts[3])
+        except (IndexError, ValueError):
+            await query.answer(
+                tickets.staff_text(query.message.chat.id, "toast.unknown_button"), show_alert=True
+            )
+            return
+        who = staff(query.message, query.from_user)
+        try:
+            if action is Action.take:
+                key = await tickets.take(ticket_id, who, seen)
+            elif action is Action.transfer:
+                key = await tickets.show_transfer_targets(ticket_id, who, seen, query.message.message_id)
+            else:
+                key = await tickets.prompt(ticket_id, who, action, seen)
+        except DomainError as error:
+            await query.answer(tickets.staff_text(who.chat_id, error.key), show_alert=True)
+            return
+        await query.answer(tickets.staff_text(who.chat_id, key))
+
+    @router.callback_query(F.data.regexp(r"^x:[a-z0-9_-]{1,32}:\d{1,18}$"))
+    async def transfer_to(query: CallbackQuery, tickets: TicketService) -> None:
+        assert query.message is not None and query.data is not None
+        _, agency_id, ticket_id = query.data.split(":")
+        who = staff(query.message, query.from_user)
+        try:
+            key = await tickets.transfer(int(ticket_id), who, agency_id)
+        except KeyError:
+            key = "toast.unknown_button"
+        except DomainError as error:
+            await query.answer(tickets.staff_text(who.chat_id, error.key), show_alert=True)
+            return
+        await query.answer(tickets.staff_text(who.chat_id, key))
+
+    @router.callback_query(F.data.regexp(r"^b:\d{1,18}$"))
+    async def back_to_card(query: CallbackQuery, tickets: TicketService) -> None:
+        assert query.message is not None and query.data is not None
+        who = staff(query.message, query.from_user)
+        try:
+            key = await tickets.restore_card(int(query.data[2:]), who)
+        except DomainError as error:
+            await query.answer(tickets.staff_text(who.chat_id, error.key), show_alert=True)
+            return
+        await query.answer(tickets.staff_text(who.chat_id, key))
+
+    @router.callback_query()
+    async def unknown_button(query: CallbackQuery, tickets: TicketService) -> None:
+        assert query.message is not None
+        await query.answer(tickets.staff_text(query.message.chat.id, "toast.unknown_button"), show_alert=True)
+
+    @router.message(Command("history", "card"))
+    async def ticket_command(
+        message: Message, command: CommandObject, tickets: TicketService, outbox: Outbox
+    ) -> None:
+        match = NUMBER.match(command.args or "")
+        chat_id = message.chat.id
+        if match is None:
+            await _say(outbox, chat_id, tickets.staff_text(chat_id, "staff.number_usage"), message.message_id)
+            return
+        try:
+            if command.command == "history":
+                await tickets.post_history(int(match.group(1)), chat_id, message.message_id)
+            else:
+                await tickets.post_card(int(match.group(1)), chat_id)
+        except DomainError as error:
+            await _say(outbox, chat_id, tickets.staff_text(chat_id, error.key), message.message_id)
+
+    @router.message(Command("help", "start"))
+    async def staff_help(message: Message, tickets: TicketService, outbox: Outbox) -> None:
+        chat_id = message.chat.id
+        await _say(
+            outbox,
+            chat_id,
+            tickets.staff_text(chat_id, "staff.help", prefix=routing.ticket_prefix),
+            message.message_id,
+        )
+
+    @router.message(F.reply_to_message)
+    async def reply(message: Message, tickets: TicketService, outbox: Outbox) -> None:
+        assert message.reply_to_message is not None
+        async with outbox.read() as repo:
+            link = await repo.linked_ticket(
+                Platform.telegram, message.chat.id, message.reply_to_message.message_id
+            )
+        if link is None:
+            return  # a conversation among staff, not about a ticket
+        ticket_id, role = link
+        text = (message.text or message.caption or "").strip()
+        attachments = photos([message])
+        if not text and not attachments:
+            await _say(
+                outbox,
+                message.chat.id,
+                tickets.staff_text(message.chat.id, "staff.text_or_photo"),
+                message.message_id,
+            )
+            return
+        try:
+            await tickets.staff_message(
+                ticket_id, staff(message), role, text, attachments, message.message_id
+            )
+        except DomainError as error:
+            await _say(
+                outbox, message.chat.id, tickets.staff_text(message.chat.id, error.key), message.message_id
+            )
+
+    return router
+
+
+async def _say(outbox: Outbox, chat_id: int, text: str, reply_to: int) -> None:
+    async with outbox.unit() as u:
+        await u.send(Platform.telegram, chat_id, Outgoing(text, reply_to=Ref(message_id=reply_to)))

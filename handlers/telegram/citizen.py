@@ -1,0 +1,71 @@
+"""The citizen's private chat with the bot: commands, report content and buttons."""
+
+from __future__ import annotations
+
+from aiogram import F, Router
+from aiogram.enums import ChatType
+from aiogram.filters import Command, CommandObject, CommandStart
+from aiogram.types import CallbackQuery, Message
+
+from bot.dialog import CitizenDialog, CitizenInput
+from bot.domain import Location
+
+from .common import person, photos, text_of, unsupported_kind
+from .middlewares import AlbumMiddleware
+
+COMMANDS = ("help", "cancel", "my", "status", "lang", "new")
+
+
+def citizen_router(album_wait: float) -> Router:
+    router = Router(name="citizen")
+    router.message.filter(F.chat.type == ChatType.PRIVATE)
+    router.edited_message.filter(F.chat.type == ChatType.PRIVATE)
+    router.callback_query.filter(F.message.chat.type == ChatType.PRIVATE)
+    router.message.middleware(AlbumMiddleware(album_wait))
+
+    @router.message(CommandStart())
+    async def start(message: Message, dialog: CitizenDialog) -> None:
+        await dialog.command(person(message), "start")
+
+    @router.message(Command(*COMMANDS))
+    async def command(message: Message, command: CommandObject, dialog: CitizenDialog) -> None:
+        await dialog.command(person(message), command.command.lower(), command.args or "")
+
+    @router.message(F.text.startswith("/"))
+    async def unknown_command(message: Message, dialog: CitizenDialog) -> None:
+        await dialog.command(person(message), "")
+
+    @router.message()
+    async def content(message: Message, dialog: CitizenDialog, album: list[Message] | None = None) -> None:
+        parts = album or [message]
+        location = (
+            Location(message.location.latitude, message.location.longitude) if message.location else None
+        )
+        reply = message.reply_to_message
+        await dialog.message(
+            CitizenInput(
+                who=person(message),
+                text=text_of(parts),
+                photos=photos(parts),
+                location=location,
+                reply_to=reply.message_id if reply else None,
+                unsupported=None
+                if (location or message.text or message.photo)
+                else unsupported_kind(message) or "unknown",
+            )
+        )
+
+    @router.edited_message()
+    async def edited(message: Message, dialog: CitizenDialog) -> None:
+        await dialog.notice(person(message), "dialog.edit_ignored")
+
+    @router.callback_query()
+    async def button(query: CallbackQuery, dialog: CitizenDialog) -> None:
+        if query.message is None or query.data is None:
+            await query.answer()
+            return
+        who = person(query.message, query.from_user)
+        toast = await dialog.press(who, query.data, query.message.message_id)
+        await query.answer(toast[:200] or None)
+
+    return router

@@ -1,0 +1,73 @@
+"""Turning aiogram objects into the plain values the dialog and the service take."""
+
+from __future__ import annotations
+
+from aiogram.types import InaccessibleMessage, Message, User
+
+from bot.dialog import Person
+from bot.domain import Attachment, MediaKind, Platform
+from bot.tickets import Staff
+
+# Content a citizen may send that we do not file (and say so), by the Message attribute that marks it.
+UNSUPPORTED = (
+    "sticker",
+    "voice",
+    "video_note",
+    "video",
+    "audio",
+    "animation",
+    "document",
+    "poll",
+    "dice",
+    "contact",
+    "game",
+    "venue",
+    "story",
+    "paid_media",
+)
+
+
+def person(message: Message | InaccessibleMessage, user: User | None = None) -> Person:
+    user = user or getattr(message, "from_user", None)
+    assert user is not None
+    return Person(
+        platform=Platform.telegram,
+        chat_id=message.chat.id,
+        user_id=user.id,
+        name=user.first_name,
+        language=user.language_code,
+    )
+
+
+def staff(message: Message | InaccessibleMessage, user: User | None = None) -> Staff:
+    user = user or getattr(message, "from_user", None)
+    assert user is not None
+    return Staff(chat_id=message.chat.id, user_id=user.id, name=user.full_name)
+
+
+def photos(messages: list[Message]) -> list[Attachment]:
+    result = []
+    for message in messages:
+        if message.photo:
+            largest = message.photo[-1]
+            result.append(
+                Attachment(
+                    kind=MediaKind.photo,
+                    platform=Platform.telegram,
+                    file_id=largest.file_id,
+                    file_unique_id=largest.file_unique_id,
+                )
+            )
+    return result
+
+
+def text_of(messages: list[Message]) -> str:
+    parts = [m.text or m.caption or "" for m in messages]
+    return "\n".join(p for p in parts if p).strip()
+
+
+def unsupported_kind(message: Message) -> str | None:
+    for kind in UNSUPPORTED:
+        if getattr(message, kind, None):
+            return kind
+    return None

@@ -1,0 +1,435 @@
+"""Queries, grouped by table, over one connection (usually one transaction)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.domain import (
+    Attachment,
+    Citizen,
+    EventKind,
+    MediaKind,
+    Platform,
+    Ticket,
+    TicketEvent,
+    TicketStatus,
+)
+from storage.schema import (
+    citizens,
+    conversations,
+    inbox,
+    message_links,
+    outbox,
+    processed_updates,
+    ticket_events,
+    ticket_media,
+    tickets,
+)
+
+
+class Repository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def _insert_ignoring_conflict(
+        self, table: sa.Table, values: dict[str, Any], index_elements: Sequence[str]
+    ) -> bool:
+        """Insert unless a row with the same unique key exists; True when a row was written."""
+        dialect = self.conn.dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=list(index_elements))
+        result = await self.conn.execute(statement)
+        return bool(result.rowcount)
+
+    # citizens
+
+    async def citizen_by_external(self, platform: Platform, external_id: int) -> Citizen | None:
+        row = (
+            await self.conn.execute(
+                sa.select(citizens).where(
+                    citizens.c.platform == platform.value, citizens.c.external_id == external_id
+                )
+            )
+        ).first()
+        return _citizen(row) if row else None
+
+    async def citizen(self, citizen_id: int) -> Citizen:
+        row = (await self.conn.execute(sa.select(citizens).where(citizens.c.id == citizen_id))).one()
+        return _citizen(row)
+
+    async def ensure_citizen(
+        self, platform: Platform, external_id: int, display_name: str, locale: str, now: datetime
+    ) -> Citizen:
+        await self._insert_ignoring_conflict(
+            citizens,
+            {
+                "platform": platform.value,
+                "external_id": external_id,
+                "display_name": display_name[:256],
+                "locale": locale,
+                "created_at": now,
+            },
+            ["platform", "external_id"],
+        )
+        citizen = await self.citizen_by_external(platform, external_id)
+        assert citizen is not None
+        return citizen
+
+    async def set_citizen_locale(self, citizen_id: int, locale: str) -> None:
+        await self.conn.execute(citizens.update().where(citizens.c.id == citizen_id).values(locale=locale))
+
+    async def set_citizen_unreachable(self, citizen_id: int, when: datetime | None) -> None:
+        await self.conn.execute(
+            citizens.update().where(citizens.c.id == citizen_id).values(unreachable_at=when)
+        )
+
+    # tickets
+
+    async def insert_ticket(self, **values: Any) -> Ticket:
+        result = await self.conn.execute(tickets.insert().values(number=0, **values))
+        primary_key = result.inserted_primary_key
+        assert primary_key is not None
+        ticket_id = primary_key[0]
+        # The public number is the row id for now; a separate column leaves room for per-region series.
+        await self.conn.execute(tickets.update().where(tickets.c.id == ticket_id).values(number=ticket_id))
+        return await self.ticket(ticket_id)
+
+    async def ticket(self, ticket_id: int) -> Ticket:
+        row = (await self.conn.execute(sa.select(tickets).where(tickets.c.id == ticket_id))).first()
+        if row is None:
+            raise LookupError(ticket_id)
+        return _ticket(row)
+
+    async def ticket_by_number(self, number: int) -> Ticket | None:
+        row = (await self.conn.execute(sa.select(tickets).where(tickets.c.number == number))).first()
+        return _ticket(row) if row else None
+
+    async def update_ticket(self, ticket_id: int, **values: Any) -> Ticket:
+        await self.conn.execute(tickets.update().where(tickets.c.id == ticket_id).values(**values))
+        return await self.ticket(ticket_id)
+
+    async def citizen_tickets(self, citizen_id: int, limit: int = 20) -> list[Ticket]:
+        rows = await self.conn.execute(
+            sa.select(tickets)
+            .where(tickets.c.citizen_id == citizen_id)
+            .order_by(tickets.c.id.desc())
+            .limit(limit)
+        )
+        return [_ticket(r) for r in rows]
+
+    async def citizen_ticket_waiting_for_info(self, citizen_id: int) -> Ticket | None:
+        row = (
+            await self.conn.execute(
+                sa.select(tickets)
+                .where(tickets.c.citizen_id == citizen_id, tickets.c.status == TicketStatus.need_info.value)
+                .order_by(tickets.c.updated_at.desc())
+                .limit(1)
+            )
+        ).first()
+        return _ticket(row) if row else None
+
+    # media
+
+    async def add_media(
+        self, ticket_id: int, attachments: Sequence[Attachment], source: str, now: datetime
+    ) -> None:
+        if not attachments:
+            return
+        await self.conn.execute(
+            ticket_media.insert(),
+            [
+                {
+                    "ticket_id": ticket_id,
+                    "kind": a.kind.value,
+                    "platform": a.platform.value,
+                    "file_id": a.file_id,
+                    "file_unique_id": a.file_unique_id,
+                    "url": a.url,
+                    "source": source,
+                    "created_at": now,
+                }
+                for a in attachments
+            ],
+        )
+
+    async def media(self, ticket_id: int, source: str | None = None) -> list[Attachment]:
+        query = sa.select(ticket_media).where(ticket_media.c.ticket_id == ticket_id)
+        if source is not None:
+            query = query.where(ticket_media.c.source == source)
+        rows = await self.conn.execute(query.order_by(ticket_media.c.id))
+        return [
+            Attachment(
+                kind=MediaKind(r.kind),
+                platform=Platform(r.platform),
+                file_id=r.file_id,
+                file_unique_id=r.file_unique_id,
+                url=r.url,
+            )
+            for r in rows
+        ]
+
+    # events
+
+    async def add_event(
+        self, ticket_id: int, kind: EventKind, actor: str, payload: dict[str, Any], now: datetime
+    ) -> None:
+        await self.conn.execute(
+            ticket_events.insert().values(
+                ticket_id=ticket_id, kind=kind.value, actor=actor, payload=payload, created_at=now
+            )
+        )
+
+    async def events(self, ticket_id: int) -> list[TicketEvent]:
+        rows = await self.conn.execute(
+            sa.select(ticket_events)
+            .where(ticket_events.c.ticket_id == ticket_id)
+            .order_by(ticket_events.c.id)
+        )
+        return [
+            TicketEvent(
+                id=r.id,
+                ticket_id=r.ticket_id,
+                kind=EventKind(r.kind),
+                actor=r.actor,
+                payload=r.payload,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+    # message links
+
+    async def link_message(
+        self,
+        ticket_id: int,
+        platform: Platform,
+        chat_id: int,
+        message_id: int,
+        direction: str,
+        role: str,
+        now: datetime,
+    ) -> None:
+        await self._insert_ignoring_conflict(
+            message_links,
+            {
+                "ticket_id": ticket_id,
+                "platform": platform.value,
+                "chat_id": chat_id,
+                "message_id": message_id,
+                "direction": direction,
+                "role": role,
+                "created_at": now,
+            },
+            ["platform", "chat_id", "message_id"],
+        )
+
+    async def linked_ticket(
+        self, platform: Platform, chat_id: int, message_id: int
+    ) -> tuple[int, str] | None:
+        row = (
+            await self.conn.execute(
+                sa.select(message_links.c.ticket_id, message_links.c.role).where(
+                    message_links.c.platform == platform.value,
+                    message_links.c.chat_id == chat_id,
+                    message_links.c.message_id == message_id,
+                )
+            )
+        ).first()
+        return (row.ticket_id, row.role) if row else None
+
+    async def latest_linked_message(
+        self, ticket_id: int, platform: Platform, chat_id: int, role: str
+    ) -> int | None:
+        value = await self.conn.scalar(
+            sa.select(message_links.c.message_id)
+            .where(
+                message_links.c.ticket_id == ticket_id,
+                message_links.c.platform == platform.value,
+                message_links.c.chat_id == chat_id,
+                message_links.c.role == role,
+            )
+            .order_by(message_links.c.id.desc())
+            .limit(1)
+        )
+        return int(value) if value is not None else None
+
+    # outbox
+
+    async def enqueue(
+        self,
+        *,
+        platform: Platform,
+        chat_id: int,
+        kind: str,
+        payload: dict[str, Any],
+        dedupe_key: str | None,
+        ticket_id: int | None,
+        now: datetime,
+    ) -> bool:
+        values = {
+            "platform": platform.value,
+            "chat_id": chat_id,
+            "kind": kind,
+            "payload": payload,
+            "dedupe_key": dedupe_key,
+            "ticket_id": ticket_id,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        if dedupe_key is None:
+            await self.conn.execute(outbox.insert().values(**values))
+            return True
+        return await self._insert_ignoring_conflict(outbox, values, ["dedupe_key"])
+
+    async def pending_outbox(self, limit: int) -> list[sa.Row[Any]]:
+        rows = await self.conn.execute(
+            sa.select(outbox).where(outbox.c.status == "pending").order_by(outbox.c.id).limit(limit)
+        )
+        return list(rows)
+
+    async def outbox_sent(self, row_id: int, now: datetime) -> None:
+        await self.conn.execute(
+            outbox.update()
+            .where(outbox.c.id == row_id)
+            .values(status="sent", sent_at=now, attempts=outbox.c.attempts + 1, last_error=None)
+        )
+
+    async def outbox_retry(self, row_id: int, at: datetime, error: str, *, count: bool = True) -> None:
+        """Put a message off until `at`; a wait the platform asked for is not counted as a failed try."""
+        attempts = outbox.c.attempts + 1 if count else outbox.c.attempts
+        await self.conn.execute(
+            outbox.update()
+            .where(outbox.c.id == row_id)
+            .values(next_attempt_at=at, attempts=attempts, last_error=error[:1000])
+        )
+
+    async def outbox_failed(self, row_id: int, error: str) -> None:
+        await self.conn.execute(
+            outbox.update()
+            .where(outbox.c.id == row_id)
+            .values(status="failed", attempts=outbox.c.attempts + 1, last_error=error[:1000])
+        )
+
+    async def outbox_move_chat(self, platform: Platform, old_chat_id: int, new_chat_id: int) -> None:
+        await self.conn.execute(
+            outbox.update()
+            .where(
+                outbox.c.platform == platform.value,
+                outbox.c.chat_id == old_chat_id,
+                outbox.c.status == "pending",
+            )
+            .values(chat_id=new_chat_id)
+        )
+
+    # updates and conversation state
+
+    async def mark_processed(self, platform: Platform, key: str, now: datetime) -> bool:
+        """Remember an update; False when it was seen before and must change nothing again."""
+        return await self._insert_ignoring_conflict(
+            processed_updates,
+            {"platform": platform.value, "key": key, "created_at": now},
+            ["platform", "key"],
+        )
+
+    async def was_processed(self, platform: Platform, key: str) -> bool:
+        value = await self.conn.scalar(
+            sa.select(sa.literal(1)).where(
+                processed_updates.c.platform == platform.value, processed_updates.c.key == key
+            )
+        )
+        return value is not None
+
+    async def store_inbox(self, platform: Platform, key: str, payload: dict[str, Any], now: datetime) -> None:
+        await self._insert_ignoring_conflict(
+            inbox,
+            {"platform": platform.value, "key": key, "payload": payload, "received_at": now},
+            ["platform", "key"],
+        )
+
+    async def inbox_items(self, platform: Platform, limit: int = 100) -> list[tuple[int, str]]:
+        """(row id, update key) of stored updates, oldest first."""
+        rows = await self.conn.execute(
+            sa.select(inbox.c.id, inbox.c.key)
+            .where(inbox.c.platform == platform.value)
+            .order_by(inbox.c.id)
+            .limit(limit)
+        )
+        return [(r.id, r.key) for r in rows]
+
+    async def inbox_ids(self, platform: Platform, keys: Sequence[str]) -> dict[str, int]:
+        rows = await self.conn.execute(
+            sa.select(inbox.c.id, inbox.c.key).where(
+                inbox.c.platform == platform.value, inbox.c.key.in_(keys)
+            )
+        )
+        return {r.key: r.id for r in rows}
+
+    async def inbox_payload(self, item_id: int) -> dict[str, Any] | None:
+        value = await self.conn.scalar(sa.select(inbox.c.payload).where(inbox.c.id == item_id))
+        return dict(value) if value is not None else None
+
+    async def drop_inbox(self, item_id: int) -> None:
+        await self.conn.execute(inbox.delete().where(inbox.c.id == item_id))
+
+    async def conversation(self, platform: Platform, chat_id: int) -> dict[str, Any] | None:
+        value = await self.conn.scalar(
+            sa.select(conversations.c.state).where(
+                conversations.c.platform == platform.value, conversations.c.chat_id == chat_id
+            )
+        )
+        return dict(value) if value is not None else None
+
+    async def save_conversation(
+        self, platform: Platform, chat_id: int, state: dict[str, Any] | None, now: datetime
+    ) -> None:
+        await self.conn.execute(
+            conversations.delete().where(
+                conversations.c.platform == platform.value, conversations.c.chat_id == chat_id
+            )
+        )
+        if state is not None:
+            await self.conn.execute(
+                conversations.insert().values(
+                    platform=platform.value, chat_id=chat_id, state=state, updated_at=now
+                )
+            )
+
+
+def _citizen(row: sa.Row[Any]) -> Citizen:
+    return Citizen(
+        id=row.id,
+        platform=Platform(row.platform),
+        external_id=row.external_id,
+        locale=row.locale,
+        unreachable_at=row.unreachable_at,
+    )
+
+
+def _ticket(row: sa.Row[Any]) -> Ticket:
+    return Ticket(
+        id=row.id,
+        number=row.number,
+        citizen_id=row.citizen_id,
+        category_id=row.category_id,
+        agency_id=row.agency_id,
+        status=TicketStatus(row.status),
+        text=row.text,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        due_at=row.due_at,
+        latitude=row.latitude,
+        longitude=row.longitude,
+        address=row.address,
+        first_response_at=row.first_response_at,
+        resolved_at=row.resolved_at,
+        closed_at=row.closed_at,
+        rating=row.rating,
+    )

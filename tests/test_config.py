@@ -1,0 +1,524 @@
+"""Tests for bot.config: environment settings and the routing file."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from bot.config import (
+    LOCALES,
+    ConfigError,
+    Routing,
+    RoutingError,
+    Settings,
+    load_routing,
+    load_settings,
+    missing_for_telegram,
+    parse_routing,
+    routing_summary,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "routing.example.toml"
+
+ENV_VARS = (
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_API_URL",
+    "DATABASE_URL",
+    "ROUTING_FILE",
+    "LOG_LEVEL",
+    "ALBUM_WAIT_SECONDS",
+    "OUTBOX_POLL_SECONDS",
+    "OUTBOX_MAX_ATTEMPTS",
+    "TELEGRAM_POLLING_TIMEOUT",
+    "MAX_REPORT_LENGTH",
+    "MAX_PHOTOS",
+)
+TOKEN = "123456:test-token-must-not-leak"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """A process environment without any of our variables and a cwd without a .env."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+# --- Settings -----------------------------------------------------------------------------
+
+
+def test_settings_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    settings = Settings(_env_file=None)
+    assert settings.telegram_bot_token is None
+    assert settings.telegram_api_url == "https://api.telegram.org"
+    assert settings.database_url == "sqlite+aiosqlite:///data/civicdesk.db"
+    assert settings.routing_file == Path("routing.toml")
+    assert settings.log_level == "INFO"
+    assert settings.album_wait_seconds == 0.8
+    assert settings.outbox_poll_seconds == 1.0
+    assert settings.outbox_max_attempts == 8
+    assert settings.polling_timeout == 25
+    assert settings.max_report_length == 3500
+    assert settings.max_photos == 10
+
+
+def test_settings_read_environment(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    clean_env.setenv("TELEGRAM_API_URL", "http://localhost:8081/")
+    clean_env.setenv("DATABASE_URL", "sqlite+aiosqlite:///tmp/x.db")
+    clean_env.setenv("ROUTING_FILE", "/etc/civicdesk/routing.toml")
+    clean_env.setenv("LOG_LEVEL", "debug")
+    clean_env.setenv("ALBUM_WAIT_SECONDS", "1.5")
+    clean_env.setenv("OUTBOX_POLL_SECONDS", "0.2")
+    clean_env.setenv("OUTBOX_MAX_ATTEMPTS", "3")
+    clean_env.setenv("TELEGRAM_POLLING_TIMEOUT", "50")
+    clean_env.setenv("MAX_REPORT_LENGTH", "1000")
+    clean_env.setenv("MAX_PHOTOS", "5")
+
+    settings = Settings(_env_file=None)
+
+    assert isinstance(settings.telegram_bot_token, SecretStr)
+    assert settings.telegram_bot_token.get_secret_value() == TOKEN
+    assert settings.telegram_api_url == "http://localhost:8081"
+    assert settings.database_url == "sqlite+aiosqlite:///tmp/x.db"
+    assert settings.routing_file == Path("/etc/civicdesk/routing.toml")
+    assert settings.log_level == "DEBUG"
+    assert settings.album_wait_seconds == 1.5
+    assert settings.outbox_poll_seconds == 0.2
+    assert settings.outbox_max_attempts == 3
+    assert settings.polling_timeout == 50
+    assert settings.max_report_length == 1000
+    assert settings.max_photos == 5
+
+
+def test_env_names_are_case_insensitive(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("max_photos", "4")
+    clean_env.setenv("telegram_polling_timeout", "7")
+    settings = Settings(_env_file=None)
+    assert settings.max_photos == 4
+    assert settings.polling_timeout == 7
+
+
+def test_settings_read_env_file(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env_file = tmp_path / "custom.env"
+    env_file.write_text("LOG_LEVEL=warning\nMAX_PHOTOS=2\nUNRELATED_VARIABLE=1\n", encoding="utf-8")
+    clean_env.setenv("MAX_PHOTOS", "3")
+    settings = load_settings(env_file)
+    assert settings.log_level == "WARNING"
+    assert settings.max_photos == 3, "the real environment wins over the file"
+
+
+def test_env_example_loads_with_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    settings = load_settings(ROOT / ".env.example")
+    assert settings == Settings(_env_file=None)
+    assert missing_for_telegram(settings) == ["TELEGRAM_BOT_TOKEN"]
+
+
+def test_env_example_lists_every_variable() -> None:
+    text = (ROOT / ".env.example").read_text(encoding="utf-8")
+    for name in ENV_VARS:
+        assert f"\n{name}=" in text
+    assert "\nTELEGRAM_BOT_TOKEN=\n" in text
+    assert "BotFather" in text
+
+
+def test_every_setting_is_described() -> None:
+    for name, field in Settings.model_fields.items():
+        assert field.description, name
+
+
+def test_token_never_shown(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    settings = Settings(_env_file=None)
+    assert TOKEN not in str(settings)
+    assert TOKEN not in repr(settings)
+
+
+def test_token_not_in_config_error(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    clean_env.setenv("LOG_LEVEL", "loud")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None)
+    text = str(caught.value)
+    assert TOKEN not in text
+    assert "test-token" not in text
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+
+
+def test_bad_log_level(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("LOG_LEVEL", "loud")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None)
+    message = str(caught.value)
+    assert "LOG_LEVEL: Input should be 'DEBUG'" in message
+    assert message.endswith("Set it in the environment or in .env (see .env.example).")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TELEGRAM_API_URL", "api.telegram.org"),
+        ("ALBUM_WAIT_SECONDS", "0"),
+        ("ALBUM_WAIT_SECONDS", "10.5"),
+        ("ALBUM_WAIT_SECONDS", "nan"),
+        ("OUTBOX_POLL_SECONDS", "-1"),
+        ("OUTBOX_MAX_ATTEMPTS", "0"),
+        ("TELEGRAM_POLLING_TIMEOUT", "51"),
+        ("TELEGRAM_POLLING_TIMEOUT", "-1"),
+        ("MAX_REPORT_LENGTH", "99"),
+        ("MAX_REPORT_LENGTH", "4001"),
+        ("MAX_PHOTOS", "0"),
+        ("MAX_PHOTOS", "11"),
+        ("MAX_PHOTOS", "many"),
+    ],
+)
+def test_bad_values_name_the_variable(clean_env: pytest.MonkeyPatch, name: str, value: str) -> None:
+    clean_env.setenv(name, value)
+    with pytest.raises(ConfigError, match=rf"(?m)^  {name}: "):
+        load_settings(None)
+
+
+def test_every_problem_is_reported(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("MAX_PHOTOS", "0")
+    clean_env.setenv("TELEGRAM_POLLING_TIMEOUT", "99")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None)
+    assert "MAX_PHOTOS" in str(caught.value)
+    assert "TELEGRAM_POLLING_TIMEOUT" in str(caught.value)
+
+
+@pytest.mark.parametrize("token", [None, "", "   "])
+def test_missing_for_telegram_without_token(token: str | None) -> None:
+    settings = Settings(_env_file=None, telegram_bot_token=token)
+    assert missing_for_telegram(settings) == ["TELEGRAM_BOT_TOKEN"]
+
+
+def test_missing_for_telegram_with_token() -> None:
+    settings = Settings(_env_file=None, telegram_bot_token=TOKEN)
+    assert missing_for_telegram(settings) == []
+
+
+# --- routing file -------------------------------------------------------------------------
+
+HEADER = """
+timezone = "Europe/Moscow"
+default_locale = "ru"
+ticket_prefix = "T"
+
+[coordinators]
+chat_id = -1001000000001
+"""
+
+ROADS = """
+[[agencies]]
+id = "roads"
+name = { ru = "Дороги", en = "Roads" }
+chat_id = -1001000000011
+"""
+
+HOUSING = """
+[[agencies]]
+id = "housing"
+name = { ru = "ЖКХ", en = "Housing" }
+chat_id = -1001000000012
+locale = "en"
+"""
+
+POTHOLES = """
+[[categories]]
+id = "potholes"
+title = { ru = "Ямы", en = "Potholes" }
+agency = "roads"
+sla = "3d"
+emoji = "🕳"
+"""
+
+HEATING = """
+[[categories]]
+id = "heating"
+title = { ru = "Отопление", en = "Heating" }
+agency = "housing"
+sla = "12h"
+"""
+
+VALID = HEADER + ROADS + HOUSING + POTHOLES + HEATING
+
+
+def routing_error(text: str) -> str:
+    with pytest.raises(RoutingError) as caught:
+        parse_routing(text)
+    return str(caught.value)
+
+
+def test_valid_routing() -> None:
+    routing = parse_routing(VALID)
+    assert routing.timezone.key == "Europe/Moscow"
+    assert routing.default_locale == "ru"
+    assert routing.ticket_prefix == "T"
+    assert [a.id for a in routing.agencies] == ["roads", "housing"]
+    assert [c.id for c in routing.categories] == ["potholes", "heating"]
+    assert routing.category("potholes").sla == timedelta(days=3)
+    assert routing.category("heating").emoji == ""
+    assert routing.agency("housing").name["en"] == "Housing"
+
+
+def test_routing_lookups() -> None:
+    routing = parse_routing(VALID)
+    roads, housing = routing.agencies
+    assert routing.agency_by_chat(-1001000000012) is housing
+    assert routing.agency_by_chat(-1001000000001) is None
+    assert routing.is_coordinators_chat(-1001000000001)
+    assert not routing.is_coordinators_chat(-1001000000011)
+    assert routing.agency_locale(roads) == "ru"
+    assert routing.agency_locale(housing) == "en"
+    assert routing.coordinators_locale() == "ru"
+    assert [c.id for c in routing.categories_of("roads")] == ["potholes"]
+    assert routing.categories_of("nobody") == ()
+    with pytest.raises(KeyError):
+        routing.agency("nobody")
+    with pytest.raises(KeyError):
+        routing.category("nothing")
+
+
+def test_routing_is_frozen() -> None:
+    routing = parse_routing(VALID)
+    with pytest.raises(ValueError, match="frozen"):
+        routing.ticket_prefix = "X"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="frozen"):
+        routing.agencies[0].chat_id = 1  # type: ignore[misc]
+
+
+def test_defaults_apply() -> None:
+    text = VALID.replace('default_locale = "ru"\n', "").replace('ticket_prefix = "T"\n', "")
+    routing = parse_routing(text)
+    assert routing.default_locale == "ru"
+    assert routing.ticket_prefix == "T"
+
+
+def test_example_file_loads() -> None:
+    routing = load_routing(EXAMPLE)
+    assert {a.id for a in routing.agencies} == {
+        "roads",
+        "housing",
+        "waste",
+        "lighting",
+        "transport",
+        "parks",
+        "administration",
+    }
+    assert routing.timezone.key == "Europe/Moscow"
+    assert routing.default_locale == "ru"
+    assert routing.ticket_prefix == "T"
+    assert routing.coordinators.chat_id == -1001000000001
+    assert len(routing.categories) == 12
+    assert routing.categories[-1].id == "other"
+    assert routing.warnings() == ()
+    for category in routing.categories:
+        assert category.emoji
+        assert timedelta(hours=1) <= category.sla <= timedelta(days=30)
+        for locale in LOCALES:
+            assert category.title[locale]
+
+
+def test_summary_lists_everything() -> None:
+    routing = load_routing(EXAMPLE)
+    summary = routing_summary(routing)
+    assert "Europe/Moscow" in summary
+    assert "-1001000000001" in summary
+    for agency in routing.agencies:
+        assert agency.name["en"] in summary
+        assert str(agency.chat_id) in summary
+    for category in routing.categories:
+        assert category.title["en"] in summary
+    assert "SLA 12h" in summary
+    assert "Warnings" not in summary
+    assert "Управление дорожного хозяйства" in routing_summary(routing, "ru")
+
+
+def test_agency_without_categories_is_a_warning() -> None:
+    idle = HOUSING.replace('"housing"', '"idle"').replace("-1001000000012", "-1001000000019")
+    routing = parse_routing(VALID + idle)
+    assert routing.categories_of("idle") == ()
+    summary = routing_summary(routing)
+    assert "Warnings" in summary
+    assert 'agency "idle" has no categories' in summary
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(RoutingError) as caught:
+        load_routing(tmp_path / "routing.toml")
+    message = str(caught.value)
+    assert "routing.toml not found" in message
+    assert "copy routing.example.toml to routing.toml" in message
+    assert "ROUTING_FILE" in message
+
+
+def test_load_names_the_file_in_errors(tmp_path: Path) -> None:
+    path = tmp_path / "region.toml"
+    path.write_text(VALID.replace('agency = "roads"', 'agency = "road"'), encoding="utf-8")
+    with pytest.raises(RoutingError, match=r"region\.toml: category \"potholes\""):
+        load_routing(path)
+
+
+def test_toml_syntax_error_has_line() -> None:
+    message = routing_error(VALID + "\n[[agencies]\n")
+    assert "TOML syntax error" in message
+    assert "line" in message
+
+
+def test_unknown_agency() -> None:
+    message = routing_error(VALID.replace('agency = "roads"', 'agency = "road"'))
+    assert 'category "potholes": unknown agency "road" (known: roads, housing)' in message
+
+
+def test_duplicate_agency() -> None:
+    twin = ROADS.replace("-1001000000011", "-1001000000019")
+    assert 'agency "roads" is defined twice' in routing_error(VALID + twin)
+
+
+def test_duplicate_category() -> None:
+    assert 'category "potholes" is defined twice' in routing_error(VALID + POTHOLES)
+
+
+def test_shared_agency_chat() -> None:
+    message = routing_error(VALID.replace("-1001000000012", "-1001000000011"))
+    assert 'agencies "roads" and "housing" share chat_id -1001000000011' in message
+
+
+def test_agency_in_coordinators_chat() -> None:
+    message = routing_error(VALID.replace("-1001000000012", "-1001000000001"))
+    assert 'agency "housing": chat_id -1001000000001 is the coordinators\' chat' in message
+
+
+def test_missing_translation() -> None:
+    message = routing_error(
+        VALID.replace('name = { ru = "Дороги", en = "Roads" }', 'name = { ru = "Дороги" }')
+    )
+    assert 'agency "roads": name lacks the "en" translation' in message
+
+
+def test_blank_translation() -> None:
+    message = routing_error(VALID.replace('en = "Heating"', 'en = "  "'))
+    assert 'category "heating": title lacks the "en" translation' in message
+
+
+def test_plain_string_name() -> None:
+    message = routing_error(VALID.replace('name = { ru = "Дороги", en = "Roads" }', 'name = "Roads"'))
+    assert 'agency "roads": name must be a table of translations' in message
+
+
+def test_translation_for_unknown_locale() -> None:
+    message = routing_error(VALID.replace('en = "Roads" }', 'en = "Roads", de = "Straßen" }'))
+    assert 'agency "roads": name has a translation for unknown locale "de"' in message
+
+
+def test_bad_duration() -> None:
+    message = routing_error(VALID.replace('sla = "3d"', 'sla = "3x"'))
+    assert 'category "potholes": bad duration "3x": use a number with s, m, h or d' in message
+
+
+def test_numeric_duration() -> None:
+    message = routing_error(VALID.replace('sla = "3d"', "sla = 3"))
+    assert 'category "potholes": bad duration "3"' in message
+
+
+def test_unknown_timezone() -> None:
+    message = routing_error(VALID.replace("Europe/Moscow", "Europe/Moskow"))
+    assert 'unknown timezone "Europe/Moskow"' in message
+
+
+def test_unknown_default_locale() -> None:
+    message = routing_error(VALID.replace('default_locale = "ru"', 'default_locale = "de"'))
+    assert 'unknown default_locale "de" (supported: ru, en)' in message
+
+
+def test_unknown_agency_locale() -> None:
+    message = routing_error(VALID.replace('locale = "en"', 'locale = "fr"'))
+    assert 'agency "housing": unknown locale "fr"' in message
+
+
+def test_unknown_coordinators_locale() -> None:
+    text = VALID.replace("chat_id = -1001000000001\n", 'chat_id = -1001000000001\nlocale = "de"\n')
+    assert 'coordinators: unknown locale "de"' in routing_error(text)
+
+
+@pytest.mark.parametrize("bad_id", ["Roads", "roads!", "", "дороги", "x" * 33, "two words"])
+def test_bad_agency_id(bad_id: str) -> None:
+    text = VALID.replace('id = "roads"', f'id = "{bad_id}"')
+    message = routing_error(text)
+    assert f'id "{bad_id}" is invalid' in message
+
+
+def test_bad_category_id_names_the_entry() -> None:
+    message = routing_error(VALID.replace('id = "heating"', 'id = "Heating"'))
+    assert 'category "Heating": id "Heating" is invalid' in message
+
+
+def test_entry_without_id_is_named_by_position() -> None:
+    message = routing_error(VALID.replace('id = "heating"\n', ""))
+    assert "category #2: id is missing" in message
+
+
+@pytest.mark.parametrize("prefix", ["", "TOOLONGPREFIX", "T1", "Т"])
+def test_bad_ticket_prefix(prefix: str) -> None:
+    message = routing_error(VALID.replace('ticket_prefix = "T"', f'ticket_prefix = "{prefix}"'))
+    assert "ticket_prefix" in message
+
+
+def test_chat_id_must_be_an_integer() -> None:
+    message = routing_error(VALID.replace("chat_id = -1001000000011", 'chat_id = "-1001000000011"'))
+    assert 'agency "roads": chat_id: ' in message
+
+
+def test_misspelt_key_is_rejected() -> None:
+    message = routing_error(VALID.replace("emoji =", "emoij ="))
+    assert 'category "potholes": emoij: ' in message
+
+
+def test_no_agencies_or_categories() -> None:
+    assert "no categories" in routing_error("categories = []\n" + HEADER + ROADS)
+    assert "no agencies" in routing_error("agencies = []\n" + HEADER + POTHOLES)
+    assert "agencies is missing" in routing_error(HEADER + POTHOLES)
+
+
+def test_missing_coordinators() -> None:
+    text = VALID.replace("[coordinators]\nchat_id = -1001000000001\n", "")
+    assert "coordinators is missing" in routing_error(text)
+
+
+def test_several_problems_in_one_message() -> None:
+    text = VALID.replace('agency = "roads"', 'agency = "road"').replace(
+        'agency = "housing"', 'agency = "home"'
+    )
+    message = routing_error(text)
+    assert "2 problems" in message
+    assert 'unknown agency "road"' in message
+    assert 'unknown agency "home"' in message
+
+
+def test_errors_are_not_pydantic_dumps() -> None:
+    message = routing_error(VALID.replace('sla = "3d"', 'sla = "3x"'))
+    assert "validation error" not in message
+    assert "errors.pydantic.dev" not in message
+    assert "Value error" not in message
+
+
+def test_routing_built_in_python() -> None:
+    routing = Routing.model_validate(
+        {
+            "timezone": "UTC",
+            "coordinators": {"chat_id": 1},
+            "agencies": [{"id": "a", "name": {"ru": "А", "en": "A"}, "chat_id": 2}],
+            "categories": [
+                {"id": "c", "title": {"ru": "В", "en": "C"}, "agency": "a", "sla": timedelta(hours=2)}
+            ],
+        }
+    )
+    assert routing.category("c").sla == timedelta(hours=2)
