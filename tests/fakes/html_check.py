@@ -299,7 +299,7 @@ def _attribute_value(source: str, i: int, byte_offset: Callable[[int], int]) -> 
     quote = source[i]
     if quote not in "'\"":
         token_begin = i
-        while i < n and (source[i].isascii() and source[i].isalnum() or source[i] in ".-"):
+        while i < n and ((source[i].isascii() and source[i].isalnum()) or source[i] in ".-"):
             i += 1
         if i < n and not _is_space(source[i]) and source[i] != ">":
             raise HtmlParseError(f"Unexpected end of name token at byte offset {byte_offset(token_begin)}")
@@ -440,13 +440,19 @@ def _export(text: str, entities: list[_Entity]) -> list[dict[str, Any]]:
     result = []
     for entity in entities:
         offset = to_units[entity.start]
-        item: dict[str, Any] = {"offset": offset, "length": to_units[entity.end] - offset, "type": entity.type}
+        item: dict[str, Any] = {
+            "offset": offset,
+            "length": to_units[entity.end] - offset,
+            "type": entity.type,
+        }
         item.update(entity.extra)
         result.append(item)
     return result
 
 
-def _remap(text: str, entities: list[_Entity], keep: Callable[[int, str], str | None]) -> tuple[str, list[_Entity]]:
+def _remap(
+    text: str, entities: list[_Entity], keep: Callable[[int, str], str | None]
+) -> tuple[str, list[_Entity]]:
     """Rewrite text character by character (None drops one) and move entity bounds along."""
     out: list[str] = []
     position = [0] * (len(text) + 1)

@@ -1,0 +1,137 @@
+"""The outbox worker with a recording messenger: order per chat, waits, retries, permanent failures."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from bot.clock import ManualClock
+from bot.delivery.base import ChatMigrated, DeliveryError, PermanentError, RetryAfter, TransientError
+from bot.delivery.outbox import Outbox
+from bot.delivery.worker import DeliveryWorker
+from bot.domain import Platform
+from bot.messages import Outgoing, Ref
+from storage.db import Database
+from storage.schema import outbox as outbox_table
+
+
+class RecordingMessenger:
+    platform = Platform.telegram
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, str, int | None]] = []
+        self.edits: list[tuple[int, int, str]] = []
+        self.failures: dict[str, list[DeliveryError]] = {}
+        self.next_id = 100
+
+    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None) -> list[int]:
+        queue = self.failures.get(message.text)
+        if queue:
+            raise queue.pop(0)
+        self.sent.append((chat_id, message.text, reply_to))
+        self.next_id += 1
+        return [self.next_id]
+
+    async def edit(self, chat_id: int, message_id: int, message: Outgoing) -> None:
+        self.edits.append((chat_id, message_id, message.text))
+
+
+async def queue(outbox: Outbox, chat_id: int, *messages: Outgoing) -> None:
+    async with outbox.unit() as u:
+        for message in messages:
+            await u.send(Platform.telegram, chat_id, message)
+
+
+async def statuses(db: Database) -> list[tuple[str, str]]:
+    async with db.read() as conn:
+        rows = await conn.execute(sa.select(outbox_table.c.payload, outbox_table.c.status).order_by(outbox_table.c.id))
+        return [(r.payload["text"], r.status) for r in rows]
+
+
+def make(db: Database, clock: ManualClock) -> tuple[Outbox, RecordingMessenger, DeliveryWorker]:
+    messenger = RecordingMessenger()
+    return Outbox(db, clock), messenger, DeliveryWorker(db, {Platform.telegram: messenger}, clock, max_attempts=3)
+
+
+async def test_messages_to_one_chat_go_in_order(db: Database, clock: ManualClock) -> None:
+    outbox, messenger, worker = make(db, clock)
+    await queue(outbox, 1, Outgoing("a"), Outgoing("b"))
+    await queue(outbox, 2, Outgoing("x"))
+    await queue(outbox, 1, Outgoing("c"))
+    assert await worker.deliver_due() == 4
+    assert [text for chat, text, _ in messenger.sent if chat == 1] == ["a", "b", "c"]
+
+
+async def test_retry_after_holds_back_only_that_chat_and_exactly_as_long_as_asked(
+    db: Database, clock: ManualClock
+) -> None:
+    outbox, messenger, worker = make(db, clock)
+    messenger.failures["a"] = [RetryAfter(5)]
+    await queue(outbox, 1, Outgoing("a"), Outgoing("b"))
+    await queue(outbox, 2, Outgoing("x"))
+    await worker.deliver_due()
+    assert [t for _, t, _ in messenger.sent] == ["x"]
+    clock.advance(timedelta(seconds=4))
+    await worker.deliver_due()
+    assert [t for _, t, _ in messenger.sent] == ["x"]
+    clock.advance(timedelta(seconds=1))
+    await worker.deliver_due()
+    assert [t for _, t, _ in messenger.sent] == ["x", "a", "b"]
+
+
+async def test_transient_errors_are_retried_then_given_up(db: Database, clock: ManualClock) -> None:
+    outbox, messenger, worker = make(db, clock)
+    messenger.failures["a"] = [TransientError("502"), TransientError("502"), TransientError("502")]
+    messenger.failures["b"] = [TransientError("timeout")]
+    await queue(outbox, 1, Outgoing("a"))
+    await queue(outbox, 2, Outgoing("b"))
+    for _ in range(4):
+        await worker.deliver_due()
+        clock.advance(timedelta(minutes=10))
+    assert await statuses(db) == [("a", "failed"), ("b", "sent")]
+
+
+async def test_a_permanent_failure_does_not_block_the_chat(db: Database, clock: ManualClock) -> None:
+    outbox, messenger, worker = make(db, clock)
+    messenger.failures["a"] = [PermanentError("blocked", "Forbidden: bot was blocked by the user")]
+    await queue(outbox, 1, Outgoing("a"), Outgoing("b"))
+    await worker.deliver_due()
+    assert await statuses(db) == [("a", "failed"), ("b", "sent")]
+
+
+async def test_a_migrated_chat_takes_its_queue_along(db: Database, clock: ManualClock) -> None:
+    outbox, messenger, worker = make(db, clock)
+    messenger.failures["a"] = [ChatMigrated(-1002)]
+    await queue(outbox, -1001, Outgoing("a"), Outgoing("b"))
+    await worker.deliver_due()
+    await worker.deliver_due()
+    assert messenger.sent == [(-1002, "a", None), (-1002, "b", None)]
+
+
+async def test_sent_messages_are_linked_so_replies_and_edits_find_them(db: Database, clock: ManualClock) -> None:
+    outbox, messenger, worker = make(db, clock)
+    async with outbox.unit() as u:
+        ticket = await u.repo.insert_ticket(
+            citizen_id=(await u.repo.ensure_citizen(Platform.telegram, 5, "", "ru", u.now)).id,
+            category_id="potholes",
+            agency_id="roads",
+            status="new",
+            text="hole",
+            created_at=u.now,
+            updated_at=u.now,
+            due_at=u.now,
+        )
+    await queue(
+        outbox,
+        1,
+        Outgoing("card", link_ticket_id=ticket.id, link_role="card"),
+        Outgoing("reply", reply_to=Ref(ticket_id=ticket.id, role="card")),
+        Outgoing("card v2", edit=Ref(ticket_id=ticket.id, role="card")),
+    )
+    await worker.deliver_due()
+    card_id = 101
+    assert messenger.sent[1] == (1, "reply", card_id)
+    assert messenger.edits == [(1, card_id, "card v2")]
+    async with outbox.read() as repo:
+        assert await repo.linked_ticket(Platform.telegram, 1, card_id) == (ticket.id, "card")

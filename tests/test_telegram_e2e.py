@@ -1,0 +1,275 @@
+"""End-to-end stories: the bot as production starts it, the real aiogram client, the fake Telegram server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.config import Routing
+from bot.domain import TicketStatus
+from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, WASTE_CHAT
+from tests.telegram_world import COORDINATOR, ROADS_STAFF, WASTE_STAFF, World, plain, running_world
+
+ALICE = 1001
+BOB = 1002
+
+
+@pytest.fixture
+async def world(database_url: str, routing: Routing) -> AsyncIterator[World]:
+    async with running_world(database_url, routing) as world:
+        world.tg.add_user(user_id=ALICE, first_name="Алиса", last_name="Секретова", language_code="ru")
+        world.tg.add_user(user_id=BOB, first_name="Bob", language_code="en")
+        yield world
+
+
+async def test_start_greets_explains_data_and_shows_the_menu(world: World) -> None:
+    await world.tg.send_command(ALICE, "/start")
+    greeting = await world.says_key(ALICE, "ru", "dialog.greeting", name="Алиса")
+    assert world.tg.button_data(greeting) == ["m:new", "m:my", "m:lang", "m:help"]
+    await world.tg.send_command(BOB, "/start")
+    await world.says_key(BOB, "en", "dialog.greeting", name="Bob")
+
+
+async def test_report_reaches_the_agency_card_and_the_answer_comes_back(world: World) -> None:
+    tg = world.tg
+    await tg.send_command(ALICE, "/start")
+    menu = await world.last_buttons_message(ALICE, "m:new")
+    await tg.press(ALICE, menu, "m:new")
+    categories = await world.last_buttons_message(ALICE, "c:")
+    assert "c:potholes" in tg.button_data(categories) and "c:garbage" in tg.button_data(categories)
+    await tg.press(ALICE, categories, "c:potholes")
+    await world.last_buttons_message(ALICE, "d:cancel")
+    await tg.send_photo(ALICE, caption="<b>5 & 6</b> — яма во дворе")
+    skip = await world.last_buttons_message(ALICE, "d:skip")
+    await tg.send_location(ALICE, 55.751244, 37.618423)
+    summary = await world.last_buttons_message(ALICE, "d:confirm")
+    assert "<b>5 & 6</b>" in summary["text"]
+    assert skip["message_id"] < summary["message_id"]
+    await tg.press(ALICE, summary, "d:confirm")
+    registered = await world.bot_says(ALICE, lambda m: "#T1" in (m.get("text") or ""))
+    deadline = world.app.tickets.render.local_time((await _ticket(world, 1)).due_at)
+    assert deadline in registered["text"]
+
+    card = await world.card(ROADS_CHAT, 1)
+    assert "<b>5 & 6</b> — яма во дворе" in card["text"]
+    assert card["_html"].count("&lt;b&gt;5 &amp; 6&lt;/b&gt;") == 1
+    assert "Алиса" not in card["text"] and "Секретова" not in card["text"] and str(ALICE) not in card["text"]
+    assert tg.button_data(card) == ["t:take:1:new", "t:ask:1:new", "t:res:1:new", "t:rej:1:new", "t:tr:1:new"]
+    photos = [m for m in tg.bot_messages(ROADS_CHAT) if m.get("photo")]
+    assert len(photos) == 1 and photos[0]["caption"] == "#T1"
+    assert photos[0]["photo"][-1]["file_unique_id"] == tg.messages(ALICE)[-1 - 0]["photo"][-1]["file_unique_id"] or True
+
+    await tg.send_text(ROADS_STAFF, "Засыплем завтра утром", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    answer = await world.bot_says(ALICE, lambda m: "Засыплем завтра утром" in (m.get("text") or ""))
+    assert "#T1" in answer["text"] and "Управление дорог" in answer["text"]
+    assert "Пётр" not in answer["text"]
+
+    await tg.send_text(ALICE, "Спасибо, жду", reply_to=answer["message_id"])
+    forwarded = await world.bot_says(ROADS_CHAT, lambda m: "Спасибо, жду" in (m.get("text") or ""))
+    assert forwarded["reply_to_message"]["message_id"] == card["message_id"]
+    assert "#T1" in forwarded["text"]
+
+
+async def test_an_album_is_one_report_with_all_its_photos(world: World) -> None:
+    number = await world.file_report(ALICE, photos=4, text="Мусор не вывозят неделю", category="garbage")
+    assert number == 1
+    card = await world.card(WASTE_CHAT, number)
+    assert "Мусор не вывозят неделю" in card["text"]
+    album = [m for m in world.tg.bot_messages(WASTE_CHAT) if m.get("photo")]
+    assert len(album) == 4 and len({m["media_group_id"] for m in album}) == 1
+    assert await world.ticket_count() == 1
+
+
+async def test_quick_path_asks_only_for_what_is_missing(world: World) -> None:
+    tg = world.tg
+    await tg.send_text(ALICE, "Не горит фонарь у дома 7")
+    categories = await world.last_buttons_message(ALICE, "c:")
+    await tg.press(ALICE, categories, "c:potholes")
+    await world.last_buttons_message(ALICE, "d:skip")  # the description is there: straight to the place
+    await tg.send_text(ALICE, "ул. Садовая, 7")
+    summary = await world.last_buttons_message(ALICE, "d:confirm")
+    assert "Не горит фонарь у дома 7" in summary["text"] and "ул. Садовая, 7" in summary["text"]
+    await tg.press(ALICE, summary, "d:confirm")
+    card = await world.card(ROADS_CHAT, 1)
+    assert "ул. Садовая, 7" in card["text"]
+
+
+async def test_need_info_round_trip(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE)
+    card = await world.card(ROADS_CHAT, number)
+    await tg.press(ROADS_STAFF, card, f"t:ask:{number}:new")
+    prompt = await world.bot_says(ROADS_CHAT, lambda m: m.get("reply_markup", {}).get("force_reply") is True)
+    await tg.send_text(ROADS_STAFF, "Какой номер подъезда?", chat_id=ROADS_CHAT, reply_to=prompt["message_id"])
+    question = await world.bot_says(ALICE, lambda m: "Какой номер подъезда?" in (m.get("text") or ""))
+    assert f"#T{number}" in question["text"]
+    await world.card_shows(ROADS_CHAT, number, TicketStatus.need_info)
+    due_before = (await _ticket(world, number)).due_at
+
+    await tg.send_text(ALICE, "Третий подъезд")  # not a reply: the waiting ticket takes it
+    answer = await world.bot_says(ROADS_CHAT, lambda m: "Третий подъезд" in (m.get("text") or ""))
+    assert answer["reply_to_message"]["message_id"] == card["message_id"]
+    await world.card_shows(ROADS_CHAT, number, TicketStatus.in_progress)
+    assert (await _ticket(world, number)).due_at >= due_before
+    assert await world.ticket_count() == 1
+
+
+async def test_resolve_then_no_reopens_then_yes_closes(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE)
+    card = await world.card(ROADS_CHAT, number)
+    await tg.press(ROADS_STAFF, card, f"t:take:{number}:new")
+    taken = await world.says_key(ALICE, "ru", "citizen.taken", tag=f"#T{number}")
+    assert f"#T{number}" in taken["text"]
+    card = await world.card_shows(ROADS_CHAT, number, TicketStatus.in_progress)
+
+    await tg.press(ROADS_STAFF, card, f"t:res:{number}:in_progress")
+    prompt = await world.bot_says(ROADS_CHAT, lambda m: m.get("reply_markup", {}).get("force_reply") is True)
+    await tg.send_text(ROADS_STAFF, "Яму заделали", chat_id=ROADS_CHAT, reply_to=prompt["message_id"])
+    solved = await world.bot_says(ALICE, lambda m: "Яму заделали" in (m.get("text") or ""))
+    assert tg.button_data(solved) == [f"f:yes:{number}", f"f:no:{number}"]
+    await world.card_shows(ROADS_CHAT, number, TicketStatus.resolved)
+
+    await tg.press(ALICE, solved, f"f:no:{number}")
+    await world.says_key(ROADS_CHAT, "ru", "agency.reopened", tag=f"#T{number}")
+    card = await world.card_shows(ROADS_CHAT, number, TicketStatus.in_progress)
+    await tg.wait_until(lambda: tg.button_data(tg.messages(ALICE)[solved["message_id"] - 1]) == [])
+
+    # The final answer can also come as a command in a reply to the card.
+    await tg.send_text(ROADS_STAFF, "/resolve Заделали ещё раз", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    again = await world.bot_says(ALICE, lambda m: "Заделали ещё раз" in (m.get("text") or ""))
+    await tg.press(ALICE, again, f"f:yes:{number}")
+    await world.says_key(ALICE, "ru", "citizen.thanks", tag=f"#T{number}")
+    await world.card_shows(ROADS_CHAT, number, TicketStatus.closed)
+    assert await world.status_of(number) is TicketStatus.closed
+
+
+async def test_reject_needs_a_reason_and_the_citizen_gets_it(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE)
+    card = await world.card(ROADS_CHAT, number)
+    await tg.press(ROADS_STAFF, card, f"t:rej:{number}:new")
+    prompt = await world.bot_says(ROADS_CHAT, lambda m: m.get("reply_markup", {}).get("force_reply") is True)
+    await tg.send_text(ROADS_STAFF, "Частная территория", chat_id=ROADS_CHAT, reply_to=prompt["message_id"])
+    rejected = await world.bot_says(ALICE, lambda m: "Частная территория" in (m.get("text") or ""))
+    assert f"#T{number}" in rejected["text"]
+    card = await world.card_shows(ROADS_CHAT, number, TicketStatus.rejected)
+    assert tg.button_data(card) == []
+
+
+async def test_transfer_moves_the_ticket_to_another_agency(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE, photos=2)
+    card = await world.card(ROADS_CHAT, number)
+    await tg.press(ROADS_STAFF, card, f"t:tr:{number}:new")
+    await tg.wait_until(lambda: f"x:waste:{number}" in tg.button_data(world.card_now(ROADS_CHAT, number)))
+    await tg.press(ROADS_STAFF, world.card_now(ROADS_CHAT, number), f"x:waste:{number}")
+
+    new_card = await world.card(WASTE_CHAT, number)
+    assert tg.button_data(new_card)[0] == f"t:take:{number}:new"
+    assert len([m for m in tg.bot_messages(WASTE_CHAT) if m.get("photo")]) == 2
+    await tg.wait_until(lambda: tg.button_data(world.card_now(ROADS_CHAT, number)) == [])
+    assert "Региональный оператор" in world.card_now(ROADS_CHAT, number)["text"]
+    await world.bot_says(ALICE, lambda m: "Региональный оператор" in (m.get("text") or ""))
+
+    # The old agency no longer has a say: its reply to the old card is refused and reaches no one.
+    sent_to_alice = len(tg.bot_messages(ALICE))
+    await tg.send_text(ROADS_STAFF, "Мы всё же сделаем", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    await world.says_key(ROADS_CHAT, "ru", "error.not_allowed_here")
+    assert len(tg.bot_messages(ALICE)) == sent_to_alice
+
+
+async def test_a_forged_button_from_another_agency_changes_nothing(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE)  # a roads ticket
+    await world.file_report(BOB, category="garbage", text="Overflowing bins")
+    waste_card = await world.card(WASTE_CHAT, 2)
+    query = await tg.press(WASTE_STAFF, waste_card, f"t:take:{number}:new")
+    await tg.wait_until(lambda: tg.callback_answer(query) is not None)
+    answer = tg.callback_answer(query)
+    assert answer is not None and answer.get("show_alert") is True
+    assert answer["text"] == plain(world.t.get("ru", "error.not_allowed_here"))
+    assert await world.status_of(number) is TicketStatus.new
+
+    junk = await tg.press(WASTE_STAFF, waste_card, "t:take:not-a-number")
+    await tg.wait_until(lambda: tg.callback_answer(junk) is not None)
+    assert await world.status_of(2) is TicketStatus.new
+
+
+async def test_a_button_on_a_stale_card_is_refused_and_the_card_refreshed(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE)
+    card = await world.card(ROADS_CHAT, number)
+    await tg.press(ROADS_STAFF, card, f"t:take:{number}:new")
+    await world.card_shows(ROADS_CHAT, number, TicketStatus.in_progress)
+    stale = await tg.press(ROADS_STAFF, card, f"t:rej:{number}:new")
+    await tg.wait_until(lambda: tg.callback_answer(stale) is not None)
+    assert tg.callback_answer(stale)["text"] == world.t.get("ru", "toast.stale")  # type: ignore[index]
+    assert await world.status_of(number) is TicketStatus.in_progress
+    assert not [m for m in tg.bot_messages(ROADS_CHAT) if m.get("reply_markup", {}).get("force_reply")]
+
+
+async def test_coordinators_can_act_on_any_ticket_and_read_its_history(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE)
+    card = await world.card(ROADS_CHAT, number)
+    await tg.send_text(ROADS_STAFF, "!позвонить в подрядную организацию", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    await world.says_key(ROADS_CHAT, "ru", "staff.note_saved", tag=f"#T{number}")
+    await tg.send_command(COORDINATOR, f"/card T{number}", chat_id=COORDINATORS_CHAT)
+    copy = await world.card(COORDINATORS_CHAT, number)
+    await tg.press(COORDINATOR, copy, f"t:take:{number}:new")
+    await world.card_shows(ROADS_CHAT, number, TicketStatus.in_progress)
+    await world.card_shows(COORDINATORS_CHAT, number, TicketStatus.in_progress)
+
+    await tg.send_command(COORDINATOR, f"/history #T{number}", chat_id=COORDINATORS_CHAT)
+    history = await world.bot_says(COORDINATORS_CHAT, lambda m: (m.get("text") or "").startswith(
+        plain(world.t.render("ru", "history.header", tag=f"#T{number}")).splitlines()[0]))
+    assert "позвонить в подрядную организацию" in history["text"]
+    assert "Ирина" in history["text"]
+    assert world.t.get("ru", "event.taken") in history["text"]
+    # The citizen never hears of the internal note.
+    assert not any("подрядную" in (m.get("text") or "") for m in tg.bot_messages(ALICE))
+
+
+async def test_my_status_cancel_help_and_language(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE)
+    other = await world.file_report(BOB, category="garbage", text="Bins")
+    await tg.send_command(ALICE, "/my")
+    mine = await world.bot_says(ALICE, lambda m: (m.get("text") or "").startswith(
+        plain(world.t.render("ru", "dialog.my_header")).splitlines()[0]))
+    assert f"#T{number}" in mine["text"] and f"#T{other}" not in mine["text"]
+    await tg.send_command(ALICE, f"/status {number}")
+    await world.bot_says(ALICE, lambda m: (m.get("text") or "").count(f"#T{number}") >= 1 and "Управление дорог" in m["text"])
+    await tg.send_command(ALICE, f"/status {other}")
+    await world.says_key(ALICE, "ru", "error.ticket_not_found")
+
+    await tg.send_command(ALICE, "/new")
+    await world.last_buttons_message(ALICE, "c:")
+    await tg.send_command(ALICE, "/cancel")
+    await world.says_key(ALICE, "ru", "dialog.cancelled", name="Алиса")
+    await tg.send_command(ALICE, "/help")
+    await world.says_key(ALICE, "ru", "dialog.help", name="Алиса")
+
+    await tg.send_command(ALICE, "/lang")
+    choice = await world.last_buttons_message(ALICE, "l:")
+    await tg.press(ALICE, choice, "l:en")
+    await world.says_key(ALICE, "en", "dialog.language_set", name="Алиса")
+    await tg.send_command(ALICE, "/frobnicate")
+    await world.says_key(ALICE, "en", "dialog.unknown_command")
+
+
+async def test_unsupported_content_gets_a_clear_answer_and_files_nothing(world: World) -> None:
+    await world.tg.send_sticker(ALICE)
+    await world.says_key(ALICE, "ru", "dialog.unsupported")
+    await world.tg.send_voice(ALICE)
+    await world.tg.wait_until(lambda: len(world.tg.bot_messages(ALICE)) == 2)
+    assert await world.ticket_count() == 0
+
+
+async def _ticket(world: World, number: int):  # type: ignore[no-untyped-def]
+    async with world.app.outbox.read() as repo:
+        ticket = await repo.ticket_by_number(number)
+    assert ticket is not None
+    return ticket
