@@ -161,28 +161,29 @@ class CitizenDialog:
             await self._say(incoming.who, citizen, "error.ticket_not_found")
 
     async def _feed(self, who: Person, citizen: Citizen, draft: Draft, incoming: CitizenInput) -> None:
-        notes: list[str] = []
-        if incoming.text:
+        notes: list[tuple[str, int]] = []
+        only_text = bool(incoming.text) and not incoming.photos and incoming.location is None
+        if draft.step == "location" and only_text:
+            # Text typed at the location step is the address, not more description.
+            draft.address = incoming.text.strip()[:500]
+            draft.latitude = draft.longitude = None
+            draft.location_done = True
+        elif incoming.text:
             draft.text = f"{draft.text}\n{incoming.text}".strip() if draft.text else incoming.text.strip()
             if len(draft.text) > self.limits.max_text:
                 draft.text = draft.text[: self.limits.max_text]
-                notes.append("dialog.text_trimmed")
+                notes.append(("dialog.text_trimmed", self.limits.max_text))
         room = self.limits.max_photos - len(draft.photos)
         if len(incoming.photos) > room:
-            notes.append("dialog.too_many_photos")
+            notes.append(("dialog.too_many_photos", self.limits.max_photos))
         draft.photos.extend(incoming.photos[: max(room, 0)])
         if incoming.location is not None:
             draft.latitude, draft.longitude = incoming.location.latitude, incoming.location.longitude
             draft.address = None
             draft.location_done = True
-        elif draft.step == "location" and incoming.text and not incoming.photos:
-            # Text typed at the location step is the address, not more description.
-            draft.text = draft.text.removesuffix(incoming.text).strip()
-            draft.address = incoming.text.strip()[:500]
-            draft.location_done = True
         async with self.outbox.unit() as u:
-            for note in notes:
-                await self._say_in(u, who, citizen, note, limit=self.limits.max_photos)
+            for note, limit in notes:
+                await self._say_in(u, who, citizen, note, limit=limit)
             await self._advance(u, who, citizen, draft)
 
     async def _advance(self, u: Unit, who: Person, citizen: Citizen, draft: Draft) -> None:
@@ -244,7 +245,9 @@ class CitizenDialog:
             category=self.render.category(locale, draft.category_id),
             text=draft.text,
             place=place,
-            photos=self.t.plural(locale, "dialog.photos", len(draft.photos)),
+            photos=Html("\n" + self.t.plural(locale, "dialog.photos", len(draft.photos)))
+            if draft.photos
+            else "",
         )
 
     # -- buttons

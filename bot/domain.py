@@ -168,12 +168,6 @@ class NotAllowedHere(DomainError):
     key = "error.not_allowed_here"
 
 
-class StaleCard(DomainError):
-    """A button pressed on a card that no longer shows the ticket's state."""
-
-    key = "error.stale_card"
-
-
 class InvalidTransition(DomainError):
     key = "error.invalid_transition"
 

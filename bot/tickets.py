@@ -238,7 +238,14 @@ class TicketService:
             )
             await u.repo.add_event(ticket.id, EventKind.taken, staff.actor, {"by": staff.name}, u.now)
             await self._refresh_cards(u, ticket)
-            await self._tell_citizen(u, await u.repo.citizen(ticket.citizen_id), ticket, "citizen.taken")
+            citizen = await u.repo.citizen(ticket.citizen_id)
+            await self._tell_citizen(
+                u,
+                citizen,
+                ticket,
+                "citizen.taken",
+                agency=self.render.agency(citizen.locale, ticket.agency_id),
+            )
             return "toast.taken"
 
     async def prompt(self, ticket_id: int, staff: Staff, action: Action, seen: TicketStatus) -> str:
@@ -458,7 +465,15 @@ class TicketService:
             kind, notice, role, ack = EventKind.rejected, "citizen.rejected", "rejected", "staff.rejected"
         await u.repo.add_event(ticket.id, kind, staff.actor, payload, u.now)
         await self._tell_citizen(
-            u, citizen, ticket, notice, photos=photos, role=role, buttons=buttons, agency=agency, text=text
+            u,
+            citizen,
+            ticket,
+            notice,
+            photos=photos,
+            role=role,
+            buttons=buttons,
+            agency=agency,
+            text=text or "—",
         )
         await self._refresh_cards(u, ticket)
         await self._ack(u, ticket, staff, ack, message_id)

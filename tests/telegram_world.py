@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from bot.app import App
 from bot.config import Routing
-from bot.domain import TicketStatus
+from bot.domain import ALLOWED_ACTIONS, TicketStatus
 from bot.i18n import Translator
 from storage.schema import tickets
 from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, TOKEN, WASTE_CHAT, make_settings
@@ -41,7 +41,9 @@ class World:
 
     # -- citizens
 
-    async def bot_says(self, chat_id: int, match: Callable[[Message], bool], timeout: float = TIMEOUT) -> Message:
+    async def bot_says(
+        self, chat_id: int, match: Callable[[Message], bool], timeout: float = TIMEOUT
+    ) -> Message:
         return await self.tg.wait_for_message(chat_id, match, timeout=timeout)
 
     async def says_key(self, chat_id: int, locale: str, key: str, **params: object) -> Message:
@@ -51,7 +53,8 @@ class World:
 
     async def last_buttons_message(self, chat_id: int, prefix: str) -> Message:
         return await self.bot_says(
-            chat_id, lambda m: any(d.startswith(prefix) for d in self.tg.button_data(m)) and _fresh(self, chat_id, m)
+            chat_id,
+            lambda m: any(d.startswith(prefix) for d in self.tg.button_data(m)) and _fresh(self, chat_id, m),
         )
 
     async def file_report(
@@ -107,11 +110,18 @@ class World:
         return cards[0]
 
     async def card_shows(self, chat_id: int, number: int, status: TicketStatus) -> Message:
-        """Wait until the card's buttons (or their absence) match `status`."""
-        await self.tg.wait_until(
-            lambda: _card_status(self.tg, self.card_now(chat_id, number)) == status.value, timeout=TIMEOUT
-        )
-        return self.card_now(chat_id, number)
+        """Wait until the card names `status` and carries the buttons that status allows (or none)."""
+        label = plain(self.t.get(self.routing.default_locale, f"status.{status.value}"))
+
+        def shows() -> bool:
+            card = self.card_now(chat_id, number)
+            return label in _text(card) and _card_status(self.tg, card) in (status.value, "final")
+
+        await self.tg.wait_until(shows, timeout=TIMEOUT)
+        card = self.card_now(chat_id, number)
+        if ALLOWED_ACTIONS[status]:
+            assert _card_status(self.tg, card) == status.value
+        return card
 
     async def status_of(self, number: int) -> TicketStatus:
         async with self.app.db.read() as conn:

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def clean_env(tmp_path: Path, **values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "DATABASE_", "ROUTING_", "VK_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "DATABASE_", "ROUTING_", "VK_"))
+    }
     routing = tmp_path / "routing.toml"
     routing.write_text(TEST_ROUTING, encoding="utf-8")
     env.update(

@@ -45,13 +45,19 @@ async def queue(outbox: Outbox, chat_id: int, *messages: Outgoing) -> None:
 
 async def statuses(db: Database) -> list[tuple[str, str]]:
     async with db.read() as conn:
-        rows = await conn.execute(sa.select(outbox_table.c.payload, outbox_table.c.status).order_by(outbox_table.c.id))
+        rows = await conn.execute(
+            sa.select(outbox_table.c.payload, outbox_table.c.status).order_by(outbox_table.c.id)
+        )
         return [(r.payload["text"], r.status) for r in rows]
 
 
 def make(db: Database, clock: ManualClock) -> tuple[Outbox, RecordingMessenger, DeliveryWorker]:
     messenger = RecordingMessenger()
-    return Outbox(db, clock), messenger, DeliveryWorker(db, {Platform.telegram: messenger}, clock, max_attempts=3)
+    return (
+        Outbox(db, clock),
+        messenger,
+        DeliveryWorker(db, {Platform.telegram: messenger}, clock, max_attempts=3),
+    )
 
 
 async def test_messages_to_one_chat_go_in_order(db: Database, clock: ManualClock) -> None:
@@ -109,7 +115,9 @@ async def test_a_migrated_chat_takes_its_queue_along(db: Database, clock: Manual
     assert messenger.sent == [(-1002, "a", None), (-1002, "b", None)]
 
 
-async def test_sent_messages_are_linked_so_replies_and_edits_find_them(db: Database, clock: ManualClock) -> None:
+async def test_sent_messages_are_linked_so_replies_and_edits_find_them(
+    db: Database, clock: ManualClock
+) -> None:
     outbox, messenger, worker = make(db, clock)
     async with outbox.unit() as u:
         ticket = await u.repo.insert_ticket(

@@ -1,4 +1,4 @@
-"""Storage on a real SQLite file: pragmas, aware UTC times, migrations equal to the schema, idempotency keys."""
+"""Storage on a real SQLite file: pragmas, aware UTC times, migrations equal to the schema, idempotency."""
 
 from __future__ import annotations
 

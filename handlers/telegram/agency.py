@@ -87,7 +87,8 @@ def staff_router(routing: Routing) -> Router:
         match = NUMBER.match(command.args or "")
         chat_id = message.chat.id
         if match is None:
-            await _say(outbox, chat_id, tickets.staff_text(chat_id, "staff.number_usage"), message.message_id)
+            usage = tickets.staff_text(chat_id, "staff.number_usage", prefix=routing.ticket_prefix)
+            await _say(outbox, chat_id, usage, message.message_id)
             return
         try:
             if command.command == "history":
