@@ -51,11 +51,18 @@ class World:
         expected = plain(self.t.render(locale, key, **params)).splitlines()[0].strip()
         return await self.bot_says(chat_id, lambda m: _text(m).startswith(expected))
 
-    async def last_buttons_message(self, chat_id: int, prefix: str) -> Message:
-        return await self.bot_says(
-            chat_id,
-            lambda m: any(d.startswith(prefix) for d in self.tg.button_data(m)) and _fresh(self, chat_id, m),
-        )
+    async def last_buttons_message(self, chat_id: int, prefix: str, *, only: bool = False) -> Message:
+        """The newest keyboard in the chat once it has a button starting with `prefix` (with `only`:
+        nothing but such buttons)."""
+
+        def wanted(message: Message) -> bool:
+            data = self.tg.button_data(message)
+            matching = [d for d in data if d.startswith(prefix)]
+            return (
+                bool(matching) and (not only or len(matching) == len(data)) and _fresh(self, chat_id, message)
+            )
+
+        return await self.bot_says(chat_id, wanted)
 
     async def file_report(
         self,
@@ -70,7 +77,7 @@ class World:
         await self.tg.send_command(user_id, "/new")
         categories = await self.last_buttons_message(user_id, "c:")
         await self.tg.press(user_id, categories, f"c:{category}")
-        await self.last_buttons_message(user_id, "d:cancel")
+        await self.last_buttons_message(user_id, "d:cancel", only=True)
         if photos == 1:
             await self.tg.send_photo(user_id, caption=text)
         elif photos > 1:

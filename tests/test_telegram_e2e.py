@@ -39,7 +39,7 @@ async def test_report_reaches_the_agency_card_and_the_answer_comes_back(world: W
     categories = await world.last_buttons_message(ALICE, "c:")
     assert "c:potholes" in tg.button_data(categories) and "c:garbage" in tg.button_data(categories)
     await tg.press(ALICE, categories, "c:potholes")
-    await world.last_buttons_message(ALICE, "d:cancel")
+    await world.last_buttons_message(ALICE, "d:cancel", only=True)
     await tg.send_photo(ALICE, caption="<b>5 & 6</b> — яма во дворе")
     skip = await world.last_buttons_message(ALICE, "d:skip")
     await tg.send_location(ALICE, 55.751244, 37.618423)

@@ -789,7 +789,7 @@ class FakeTelegram:
         self,
         chat_id: int,
         predicate: Callable[[JSON], bool] | None = None,
-        timeout: float = 5.0,  # noqa: ASYNC109 - a plain number reads best at every test call site
+        timeout: float = 5.0,
         *,
         after: int = 0,
     ) -> JSON:
@@ -815,7 +815,7 @@ class FakeTelegram:
     async def wait_until(
         self,
         condition: Callable[[], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109 - same convention as wait_for_message
+        timeout: float = 5.0,
     ) -> None:
         try:
             async with self._cond:
