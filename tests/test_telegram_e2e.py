@@ -290,3 +290,26 @@ async def _ticket(world: World, number: int):  # type: ignore[no-untyped-def]
         ticket = await repo.ticket_by_number(number)
     assert ticket is not None
     return ticket
+
+
+async def test_a_staff_photo_reply_reaches_the_citizen_as_a_photo(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE)
+    card = await world.card(ROADS_CHAT, number)
+    sent = await tg.send_photo(
+        ROADS_STAFF, caption="Вот так сейчас", chat_id=ROADS_CHAT, reply_to=card["message_id"]
+    )
+    photo = await world.bot_says(ALICE, lambda m: bool(m.get("photo")))
+    assert photo["photo"][-1]["file_unique_id"] == sent["photo"][-1]["file_unique_id"]
+    assert "Вот так сейчас" in photo["caption"] and f"#T{number}" in photo["caption"]
+
+
+async def test_a_long_staff_answer_arrives_whole_in_several_messages(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE)
+    card = await world.card(ROADS_CHAT, number)
+    long_answer = " ".join(f"слово{i}" for i in range(700))  # about 6,000 characters
+    await tg.send_text(ROADS_STAFF, long_answer, chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    await tg.wait_until(lambda: "слово699" in "".join(m.get("text") or "" for m in tg.bot_messages(ALICE)))
+    received = " ".join(m.get("text") or "" for m in tg.bot_messages(ALICE))
+    assert all(f"слово{i} " in received or f"слово{i}\n" in received for i in range(699))

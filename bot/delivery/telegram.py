@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 
 from aiogram import Bot
@@ -31,7 +32,52 @@ from bot.messages import Outgoing
 from .base import ChatMigrated, PermanentError, RetryAfter, TransientError
 
 CAPTION_LIMIT = 1024
+TEXT_LIMIT = 4096
 T = TypeVar("T")
+
+
+def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """Cut a long HTML text into messages of at most `limit` UTF-16 units (Telegram's measure), at line
+    breaks where it can, else at spaces. Our templates keep every tag within one line and user text
+    holds no tags, so cutting between lines never splits a tag; a cut inside a line avoids `&...;`."""
+    if _units(text) <= limit:
+        return [text]
+    chunks: list[str] = []
+    current = ""
+    for line in text.split("\n"):
+        while _units(line) > limit:
+            fit = _fitting(line, limit)
+            cut = line.rfind(" ", 0, fit)
+            cut = cut if cut > fit // 2 else fit
+            amp = line.rfind("&", 0, cut)
+            if amp > 0 and ";" not in line[amp:cut]:
+                cut = amp
+            if current:
+                chunks.append(current)
+                current = ""
+            chunks.append(line[:cut])
+            line = line[cut:].lstrip(" ")
+        candidate = f"{current}\n{line}" if current else line
+        if _units(candidate) > limit:
+            chunks.append(current)
+            candidate = line
+        current = candidate
+    chunks.append(current)
+    return [chunk for chunk in chunks if chunk.strip()]
+
+
+def _units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _fitting(line: str, limit: int) -> int:
+    """How many characters of `line` fit in `limit` UTF-16 units."""
+    units = 0
+    for index, char in enumerate(line):
+        units += 2 if ord(char) > 0xFFFF else 1
+        if units > limit:
+            return index
+    return len(line)
 
 
 class TelegramMessenger:
@@ -44,31 +90,37 @@ class TelegramMessenger:
         reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
         markup = _markup(message)
         if not message.photos:
-            sent = await _call(
-                lambda: self.bot.send_message(
-                    chat_id,
-                    message.text,
-                    reply_markup=markup,
-                    reply_parameters=reply,
-                    link_preview_options=LinkPreviewOptions(is_disabled=True),
-                )
-            )
-            return [sent.message_id]
+            return await self._text(chat_id, message.text, markup, reply)
         if markup is None and len(message.text) <= CAPTION_LIMIT:
             # Short text and no buttons: the photos carry it as their caption, one message in the chat.
             return await self._photos(chat_id, message.photos, message.text, reply)
         # Photos first, then the text with its buttons below them: the text is the message staff act on.
         photo_ids = await self._photos(chat_id, message.photos, message.photo_caption, reply)
-        sent = await _call(
-            lambda: self.bot.send_message(
+        text_ids = await self._text(chat_id, message.text, markup, reply)
+        return [*text_ids, *photo_ids]
+
+    async def _text(
+        self,
+        chat_id: int,
+        text: str,
+        markup: InlineKeyboardMarkup | ForceReply | None,
+        reply: ReplyParameters | None,
+    ) -> list[int]:
+        """Send a text, in several messages if it is too long; the buttons go on the last one, and the
+        last one comes first in the result, as the message to edit later."""
+        parts = split_text(text)
+        ids: list[int] = []
+        for index, part in enumerate(parts):
+            request = partial(
+                self.bot.send_message,
                 chat_id,
-                message.text,
-                reply_markup=markup,
+                part,
+                reply_markup=markup if index == len(parts) - 1 else None,
                 reply_parameters=reply,
                 link_preview_options=LinkPreviewOptions(is_disabled=True),
             )
-        )
-        return [sent.message_id, *photo_ids]
+            ids.append((await _call(request)).message_id)
+        return [ids[-1], *ids[:-1]]
 
     async def _photos(
         self, chat_id: int, photos: list[Attachment], caption: str, reply: ReplyParameters | None
