@@ -107,8 +107,32 @@ class Settings(BaseSettings):
         default=3500, ge=100, le=4000, description="Longest report description a citizen may send."
     )
     max_photos: int = Field(default=10, ge=1, le=10, description="Most photos attached to one report.")
+    vk_group_token: SecretStr | None = Field(
+        default=None, description="VK community access token (messages, photos, manage rights)."
+    )
+    vk_group_id: int | None = Field(default=None, gt=0, description="VK community id (a positive number).")
+    vk_api_url: str = Field(
+        default="https://api.vk.com/method/",
+        description="Base URL the VK API method names are appended to; ends with /method/.",
+    )
+    vk_polling_wait: int = Field(default=25, ge=1, le=90, description="VK Bots Long Poll wait in seconds.")
 
-    @field_validator("telegram_bot_token", mode="before")
+    @field_validator("vk_group_id", mode="before")
+    @classmethod
+    def _blank_id_is_none(cls, value: object) -> object:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("vk_api_url", mode="before")
+    @classmethod
+    def _normalise_vk_url(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        url = value.strip()
+        if not url.lower().startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url if url.endswith("/") else url + "/"
+
+    @field_validator("telegram_bot_token", "vk_group_token", mode="before")
     @classmethod
     def _blank_token_is_none(cls, value: object) -> object:
         # `TELEGRAM_BOT_TOKEN=` as shipped in .env.example means "not configured", not "empty token".
@@ -171,6 +195,23 @@ def missing_for_telegram(settings: Settings) -> list[str]:
     if token is None or not token.get_secret_value().strip():
         return ["TELEGRAM_BOT_TOKEN"]
     return []
+
+
+def channels(settings: Settings) -> tuple[bool, bool]:
+    """Which channels are configured: (telegram, vk). A half-configured VK channel is an error, not
+    a silent "off", so an operator who set one of its variables learns what is missing."""
+    telegram = not missing_for_telegram(settings)
+    vk_token = settings.vk_group_token is not None
+    if vk_token != (settings.vk_group_id is not None):
+        missing = "VK_GROUP_ID" if vk_token else "VK_GROUP_TOKEN"
+        raise ConfigError(f"{missing} is not set: the VK channel needs both VK_GROUP_TOKEN and VK_GROUP_ID.")
+    if not telegram and not vk_token:
+        raise ConfigError(
+            "cannot start: no channel is configured. Set TELEGRAM_BOT_TOKEN (from @BotFather) and/or"
+            " VK_GROUP_TOKEN with VK_GROUP_ID in .env (copy .env.example to .env) or in the environment,"
+            " e.g. TELEGRAM_BOT_TOKEN=123456:ABC... make run"
+        )
+    return telegram, vk_token
 
 
 # --- routing file -------------------------------------------------------------------------

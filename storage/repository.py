@@ -23,6 +23,7 @@ from bot.domain import (
 from storage.schema import (
     citizens,
     conversations,
+    cursors,
     inbox,
     message_links,
     outbox,
@@ -378,6 +379,14 @@ class Repository:
 
     async def drop_inbox(self, item_id: int) -> None:
         await self.conn.execute(inbox.delete().where(inbox.c.id == item_id))
+
+    async def cursor(self, name: str) -> str | None:
+        value = await self.conn.scalar(sa.select(cursors.c.value).where(cursors.c.name == name))
+        return str(value) if value is not None else None
+
+    async def save_cursor(self, name: str, value: str, now: datetime) -> None:
+        await self.conn.execute(cursors.delete().where(cursors.c.name == name))
+        await self.conn.execute(cursors.insert().values(name=name, value=value, updated_at=now))
 
     async def conversation(self, platform: Platform, chat_id: int) -> dict[str, Any] | None:
         value = await self.conn.scalar(

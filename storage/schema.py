@@ -165,3 +165,12 @@ conversations = sa.Table(
     sa.Column("state", sa.JSON, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# Where a long poll stopped (VK's `ts`): saved with the events it returned, so a restart resumes there.
+cursors = sa.Table(
+    "cursors",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -25,7 +25,7 @@ class RecordingMessenger:
         self.failures: dict[str, list[DeliveryError]] = {}
         self.next_id = 100
 
-    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None) -> list[int]:
+    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int) -> list[int]:
         queue = self.failures.get(message.text)
         if queue:
             raise queue.pop(0)

@@ -43,8 +43,9 @@ class ChatMigrated(DeliveryError):
 class Messenger(Protocol):
     platform: Platform
 
-    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None) -> list[int]:
-        """Send one logical message; returns the ids of what was sent, the main (text) message first."""
+    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int) -> list[int]:
+        """Send one logical message; returns the ids of what was sent, the main (text) message first.
+        `nonce` is the same for every attempt at the same outbox row, for platforms that de-duplicate."""
         ...
 
     async def edit(self, chat_id: int, message_id: int, message: Outgoing) -> None: ...

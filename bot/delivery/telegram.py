@@ -86,7 +86,7 @@ class TelegramMessenger:
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
 
-    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None) -> list[int]:
+    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int = 0) -> list[int]:
         reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
         markup = _markup(message)
         if not message.photos:

@@ -102,7 +102,7 @@ class DeliveryWorker:
                 await messenger.edit(row.chat_id, target, message)
                 ids: list[int] = []
             else:
-                ids = await messenger.send(row.chat_id, message, reply_to)
+                ids = await messenger.send(row.chat_id, message, reply_to, row.id)
         except RetryAfter as error:
             await self._retry(row, timedelta(seconds=error.seconds), str(error), count=False)
             return False

@@ -1,0 +1,111 @@
+"""The inbox: every update is stored before the platform learns it arrived, then handled exactly once.
+
+A poller hands each batch to `Intake.accept` and asks the platform for the next batch only after it
+returns (that next request is what confirms the batch to Telegram; for VK the saved cursor plays that
+part). An update leaves the inbox once handled; after a crash the inbox is handled again, and outbox
+keys derived from each update keep that second pass from sending anything twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from bot.clock import Clock
+from bot.delivery.outbox import Origin, current_origin
+from bot.domain import Platform
+from storage.db import Database
+from storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Intake:
+    def __init__(
+        self, db: Database, clock: Clock, platform: Platform, handler: Handler, *, concurrency: int = 64
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.platform = platform
+        self.handler = handler
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def accept(
+        self, updates: Sequence[tuple[str, dict[str, Any]]], cursor: tuple[str, str] | None = None
+    ) -> None:
+        """Store a batch (and where the poll got to) in one transaction, then start handling it."""
+        now = self.clock.now()
+        async with self.db.transaction() as conn:
+            repo = Repository(conn)
+            for key, payload in updates:
+                await repo.store_inbox(self.platform, key, payload, now)
+            if cursor is not None:
+                await repo.save_cursor(*cursor, now)
+            ids = await repo.inbox_ids(self.platform, [key for key, _ in updates])
+        for key, payload in updates:
+            if key in ids:
+                self._spawn(ids[key], key, payload)
+
+    async def replay(self) -> int:
+        """Handle what a previous run stored but did not finish."""
+        async with self.db.read() as conn:
+            items = await Repository(conn).inbox_items(self.platform, limit=100_000)
+        for item_id, key in items:
+            async with self.db.read() as conn:
+                payload = await Repository(conn).inbox_payload(item_id)
+            if payload is not None:
+                self._spawn(item_id, key, payload)
+        if items:
+            log.info("%s: handling %d updates stored before the last stop", self.platform.value, len(items))
+        return len(items)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _spawn(self, item_id: int, key: str, payload: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._handle(item_id, key, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, item_id: int, key: str, payload: dict[str, Any]) -> None:
+        async with self._slots:
+            async with self.db.read() as conn:
+                seen = await Repository(conn).was_processed(self.platform, key)
+            if not seen:
+                token = current_origin.set(Origin(f"{self.platform.value}:{key}"))
+                try:
+                    await self.handler(payload)
+                except Exception:
+                    # One bad update must not stop the others; it is logged and not retried forever.
+                    log.exception("%s update %s failed", self.platform.value, key)
+                finally:
+                    current_origin.reset(token)
+            async with self.db.transaction() as conn:
+                repo = Repository(conn)
+                await repo.mark_processed(self.platform, key, self.clock.now())
+                await repo.drop_inbox(item_id)
+
+
+async def until_stopped(stopping: asyncio.Event, request: Any) -> Any:
+    """Await a request unless `stopping` is set first; None then."""
+    task = asyncio.ensure_future(request)
+    stopper = asyncio.ensure_future(stopping.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    return None
+
+
+async def pause(stopping: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stopping.wait(), seconds)
+    except TimeoutError:
+        return
