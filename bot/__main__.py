@@ -15,9 +15,9 @@ from bot.config import (
     Routing,
     RoutingError,
     Settings,
+    channels,
     load_routing,
     load_settings,
-    missing_for_telegram,
     routing_summary,
 )
 
@@ -43,8 +43,8 @@ class RedactSecrets(logging.Filter):
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    token = settings.telegram_bot_token
-    handler.addFilter(RedactSecrets([token.get_secret_value()] if token else []))
+    tokens = (settings.telegram_bot_token, settings.vk_group_token)
+    handler.addFilter(RedactSecrets([token.get_secret_value() for token in tokens if token is not None]))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
 
 
@@ -75,15 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(routing_summary(routing))
         return 0
-    missing = missing_for_telegram(settings)
-    if missing:
-        return fail(
-            "cannot start: "
-            + ", ".join(missing)
-            + " is not set. Get a token from @BotFather and put it in .env"
-            + " (copy .env.example to .env) or in the environment:"
-            + " TELEGRAM_BOT_TOKEN=123456:ABC... make run"
-        )
+    try:
+        channels(settings)
+    except ConfigError as error:
+        return fail(str(error))
     from storage.db import migrate
 
     migrate(settings.database_url)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
@@ -12,11 +14,16 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, BotCommandScopeAllPrivateChats
+from vkbottle import API
+from vkbottle.bot import Bot as VkBot
 
 from bot.clock import Clock, SystemClock
-from bot.config import Routing, Settings
+from bot.config import Routing, Settings, channels
+from bot.delivery.base import Messenger
+from bot.delivery.media import MediaFetcher
 from bot.delivery.outbox import Outbox
 from bot.delivery.telegram import TelegramMessenger
+from bot.delivery.vk import VkMessenger
 from bot.delivery.worker import DeliveryWorker
 from bot.dialog import CitizenDialog, Limits
 from bot.domain import Platform
@@ -24,6 +31,8 @@ from bot.i18n import Translator
 from bot.tickets import TicketService
 from handlers.telegram import get_routers
 from handlers.telegram.polling import DurablePolling
+from handlers.vk.citizen import citizen_labeler
+from handlers.vk.polling import VkPolling
 from storage.db import Database
 
 log = logging.getLogger("civicdesk")
@@ -39,6 +48,7 @@ class App:
     clock: Clock = field(default_factory=SystemClock)
 
     def __post_init__(self) -> None:
+        telegram_on, vk_on = channels(self.settings)
         self.db = Database(self.settings.database_url)
         self.translator = Translator(default=self.routing.default_locale)
         self.outbox = Outbox(self.db, self.clock)
@@ -50,46 +60,91 @@ class App:
             self.translator,
             Limits(max_text=self.settings.max_report_length, max_photos=self.settings.max_photos),
         )
+        self.bot: Bot | None = self._telegram_bot() if telegram_on else None
+        self.media = MediaFetcher(self.bot)
+        messengers: dict[Platform, Messenger] = {}
+        self.pollers: list[DurablePolling | VkPolling] = []
+        if self.bot is not None:
+            messengers[Platform.telegram] = TelegramMessenger(self.bot, self.media.fetch)
+            self.pollers.append(self._telegram_polling(self.bot))
+        self.vk_api: API | None = None
+        if vk_on:
+            assert self.settings.vk_group_token is not None and self.settings.vk_group_id is not None
+            self.vk_api = API(self.settings.vk_group_token.get_secret_value())
+            # Set on the instance: the class attribute is shared by every API object in the process.
+            self.vk_api.API_URL = self.settings.vk_api_url
+            vk_bot = VkBot(api=self.vk_api, labeler=citizen_labeler(self.dialog))
+            messengers[Platform.vk] = VkMessenger(self.vk_api, self.settings.vk_group_id, self.media.fetch)
+            self.pollers.append(
+                VkPolling(
+                    self.vk_api,
+                    vk_bot.router,
+                    self.settings.vk_group_id,
+                    self.db,
+                    self.clock,
+                    wait=self.settings.vk_polling_wait,
+                )
+            )
+        self.worker = DeliveryWorker(
+            self.db,
+            messengers,
+            self.clock,
+            max_attempts=self.settings.outbox_max_attempts,
+            poll_seconds=self.settings.outbox_poll_seconds,
+            on_unreachable=self.tickets.citizen_unreachable,
+        )
+        self.outbox.subscribe(self.worker.wake)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _telegram_bot(self) -> Bot:
         token = self.settings.telegram_bot_token
-        assert token is not None, "check missing_for_telegram() before building the app"
+        assert token is not None
         session = AiohttpSession(api=TelegramAPIServer.from_base(self.settings.telegram_api_url))
-        self.bot = Bot(
+        return Bot(
             token.get_secret_value(), session=session, default=DefaultBotProperties(parse_mode=ParseMode.HTML)
         )
+
+    def _telegram_polling(self, bot: Bot) -> DurablePolling:
         self.dispatcher = Dispatcher(
             tickets=self.tickets, dialog=self.dialog, outbox=self.outbox, routing=self.routing
         )
         self.dispatcher.include_routers(*get_routers(self.routing, self.settings.album_wait_seconds))
-        self.worker = DeliveryWorker(
-            self.db,
-            {Platform.telegram: TelegramMessenger(self.bot)},
-            self.clock,
-            max_attempts=self.settings.outbox_max_attempts,
-            poll_seconds=self.settings.outbox_poll_seconds,
-        )
-        self.outbox.subscribe(self.worker.wake)
+        # my_chat_member has no handler yet is wanted: it is how Telegram says a citizen blocked the bot.
         allowed = sorted(set(self.dispatcher.resolve_used_update_types()) | {"my_chat_member"})
-        self.polling = DurablePolling(
-            self.bot,
+        return DurablePolling(
+            bot,
             self.dispatcher,
             self.db,
             self.clock,
             timeout=self.settings.polling_timeout,
             allowed_updates=allowed,
         )
-        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def channels(self) -> list[str]:
+        return [
+            name for name, on in (("Telegram", self.bot is not None), ("VK", self.vk_api is not None)) if on
+        ]
 
     async def start(self) -> None:
-        me = await self.bot.get_me()
-        await self.bot.delete_webhook(drop_pending_updates=False)
-        await self._set_commands()
-        self._tasks = [
-            asyncio.create_task(self.worker.run(), name="outbox"),
-            asyncio.create_task(self.polling.run(), name="telegram-polling"),
-        ]
-        log.info("CivicDesk started: Telegram on as @%s; VK off", me.username)
+        described = []
+        if self.bot is not None:
+            me = await self.bot.get_me()
+            await self.bot.delete_webhook(drop_pending_updates=False)
+            await self._set_commands(self.bot)
+            described.append(f"Telegram on as @{me.username}")
+        else:
+            described.append("Telegram off (agency cards wait in the outbox until it is on)")
+        if self.vk_api is not None:
+            described.append(f"VK on for community {self.settings.vk_group_id}")
+        else:
+            described.append("VK off")
+        runs: list[tuple[str, Coroutine[Any, Any, None]]] = [("outbox", self.worker.run())]
+        runs += [(type(poller).__name__, poller.run()) for poller in self.pollers]
+        self._tasks = [asyncio.create_task(run, name=name) for name, run in runs]
+        log.info("CivicDesk started: %s", "; ".join(described))
 
-    async def _set_commands(self) -> None:
+    async def _set_commands(self, bot: Bot) -> None:
         for locale in ("ru", "en"):
             language = None if locale == self.routing.default_locale else locale
             citizen = [
@@ -100,12 +155,8 @@ class App:
                 BotCommand(command=c, description=self.translator.get(locale, f"command.staff_{c}"))
                 for c in STAFF_COMMANDS
             ]
-            await self.bot.set_my_commands(
-                citizen, scope=BotCommandScopeAllPrivateChats(), language_code=language
-            )
-            await self.bot.set_my_commands(
-                staff, scope=BotCommandScopeAllGroupChats(), language_code=language
-            )
+            await bot.set_my_commands(citizen, scope=BotCommandScopeAllPrivateChats(), language_code=language)
+            await bot.set_my_commands(staff, scope=BotCommandScopeAllGroupChats(), language_code=language)
 
     async def wait(self) -> None:
         """Run until a part stops; a part that crashes brings the whole app down, loudly."""
@@ -114,8 +165,13 @@ class App:
             task.result()
 
     async def stop(self) -> None:
-        self.polling.stop()
+        for poller in self.pollers:
+            poller.stop()
         self.worker.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.bot.session.close()
+        if self.bot is not None:
+            await self.bot.session.close()
+        if self.vk_api is not None:
+            await self.vk_api.http_client.close()
+        await self.media.close()
         await self.db.close()

@@ -413,6 +413,9 @@ class CitizenDialog:
         async with self.outbox.read() as repo:
             citizen = await repo.citizen_by_external(who.platform, who.user_id)
         if citizen is not None:
+            if citizen.unreachable_at is not None:
+                # They write to us again, so we may write to them again.
+                await self.tickets.citizen_reachable(citizen)
             return citizen
         async with self.outbox.unit() as u:
             return await u.repo.ensure_citizen(

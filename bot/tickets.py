@@ -221,6 +221,24 @@ class TicketService:
             )
             return "toast.thanks"
 
+    async def citizen_unreachable(self, platform: Platform, external_id: int, ticket_id: int | None) -> None:
+        """The platform says we may not write to this person any more (blocked the bot, forbade messages).
+        The agency of the ticket we were writing about is told once, so it knows answers do not arrive."""
+        async with self.outbox.unit() as u:
+            citizen = await u.repo.citizen_by_external(platform, external_id)
+            if citizen is None or citizen.unreachable_at is not None:
+                return
+            await u.repo.set_citizen_unreachable(citizen.id, u.now)
+            if ticket_id is None:
+                return
+            ticket = await u.repo.ticket(ticket_id)
+            if ticket.citizen_id == citizen.id:
+                await self._tell_agency(u, ticket, "agency.citizen_unreachable")
+
+    async def citizen_reachable(self, citizen: Citizen) -> None:
+        async with self.outbox.unit() as u:
+            await u.repo.set_citizen_unreachable(citizen.id, None)
+
     # -- staff
 
     async def take(self, ticket_id: int, staff: Staff, seen: TicketStatus) -> str:

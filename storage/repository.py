@@ -290,9 +290,12 @@ class Repository:
             return True
         return await self._insert_ignoring_conflict(outbox, values, ["dedupe_key"])
 
-    async def pending_outbox(self, limit: int) -> list[sa.Row[Any]]:
+    async def pending_outbox(self, limit: int, platforms: Sequence[Platform]) -> list[sa.Row[Any]]:
         rows = await self.conn.execute(
-            sa.select(outbox).where(outbox.c.status == "pending").order_by(outbox.c.id).limit(limit)
+            sa.select(outbox)
+            .where(outbox.c.status == "pending", outbox.c.platform.in_([p.value for p in platforms]))
+            .order_by(outbox.c.id)
+            .limit(limit)
         )
         return list(rows)
 

@@ -522,3 +522,18 @@ def test_routing_built_in_python() -> None:
         }
     )
     assert routing.category("c").sla == timedelta(hours=2)
+
+
+def test_channels_need_at_least_one_and_vk_needs_both_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.config import channels
+
+    for name in ("TELEGRAM_BOT_TOKEN", "VK_GROUP_TOKEN", "VK_GROUP_ID", "VK_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+    assert channels(Settings(_env_file=None, telegram_bot_token="1:x")) == (True, False)
+    assert channels(Settings(_env_file=None, vk_group_token="vk", vk_group_id=5)) == (False, True)
+    with pytest.raises(ConfigError, match="TELEGRAM_BOT_TOKEN"):
+        channels(Settings(_env_file=None))
+    with pytest.raises(ConfigError, match="VK_GROUP_ID"):
+        channels(Settings(_env_file=None, telegram_bot_token="1:x", vk_group_token="vk"))
+    assert Settings(_env_file=None, vk_api_url="http://127.0.0.1:9/method").vk_api_url.endswith("/method/")

@@ -69,4 +69,4 @@ async def test_outbox_dedupe_key_queues_a_message_once(db: Database) -> None:
                 ticket_id=None,
                 now=now,
             )
-        assert len(await repo.pending_outbox(10)) == 1
+        assert len(await repo.pending_outbox(10, [Platform.telegram])) == 1

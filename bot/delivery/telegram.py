@@ -17,6 +17,7 @@ from aiogram.exceptions import (
     TelegramServerError,
 )
 from aiogram.types import (
+    BufferedInputFile,
     ForceReply,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
@@ -83,8 +84,9 @@ def _fitting(line: str, limit: int) -> int:
 class TelegramMessenger:
     platform = Platform.telegram
 
-    def __init__(self, bot: Bot) -> None:
+    def __init__(self, bot: Bot, fetch: Callable[[Attachment], Awaitable[bytes]]) -> None:
         self.bot = bot
+        self.fetch = fetch
 
     async def send(self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int = 0) -> list[int]:
         reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
@@ -125,7 +127,7 @@ class TelegramMessenger:
     async def _photos(
         self, chat_id: int, photos: list[Attachment], caption: str, reply: ReplyParameters | None
     ) -> list[int]:
-        files = [_file(photo) for photo in photos[:10]]
+        files = [await self._file(photo) for photo in photos[:10]]
         if len(files) == 1:
             sent = await _call(
                 lambda: self.bot.send_photo(
@@ -139,6 +141,12 @@ class TelegramMessenger:
         ]
         album = await _call(lambda: self.bot.send_media_group(chat_id, media, reply_parameters=reply))
         return [m.message_id for m in album]
+
+    async def _file(self, photo: Attachment) -> str | BufferedInputFile:
+        if photo.platform is Platform.telegram:
+            return photo.file_id
+        # A photo from another platform is uploaded as bytes: its URL may not be reachable by Telegram.
+        return BufferedInputFile(await self.fetch(photo), filename="photo.jpg")
 
     async def edit(self, chat_id: int, message_id: int, message: Outgoing) -> None:
         markup = _markup(message)
@@ -163,11 +171,6 @@ class TelegramMessenger:
         except PermanentError as error:
             if "message is not modified" not in str(error):
                 raise
-
-
-def _file(photo: Attachment) -> str:
-    # A photo from another platform goes by its URL, which Telegram fetches itself.
-    return photo.file_id if photo.platform is Platform.telegram else photo.url
 
 
 def _markup(message: Outgoing) -> InlineKeyboardMarkup | ForceReply | None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -32,7 +32,9 @@ class DeliveryWorker:
         poll_seconds: float = 1.0,
         batch: int = 200,
         concurrency: int = 16,
+        on_unreachable: Callable[[Platform, int, int | None], Awaitable[None]] | None = None,
     ) -> None:
+        self.on_unreachable = on_unreachable
         self.db = db
         self.messengers = dict(messengers)
         self.clock = clock
@@ -65,7 +67,8 @@ class DeliveryWorker:
     async def deliver_due(self) -> int:
         """One round: each chat's pending messages in order, chats side by side; returns how many went."""
         async with self.db.read() as conn:
-            rows = await Repository(conn).pending_outbox(self.batch)
+            # Only channels that are on: messages for a channel that is off wait for it, in order.
+            rows = await Repository(conn).pending_outbox(self.batch, platforms=list(self.messengers))
         by_chat: dict[tuple[str, int], list[Any]] = {}
         for row in rows:
             by_chat.setdefault((row.platform, row.chat_id), []).append(row)
@@ -85,10 +88,7 @@ class DeliveryWorker:
 
     async def _deliver(self, row: Any) -> bool:
         platform = Platform(row.platform)
-        messenger = self.messengers.get(platform)
-        if messenger is None:
-            await self._fail(row, f"no {platform.value} channel configured")
-            return True
+        messenger = self.messengers[platform]
         message = Outgoing.from_json(row.payload)
         try:
             async with self.db.read() as conn:
@@ -114,6 +114,8 @@ class DeliveryWorker:
             return False
         except PermanentError as error:
             await self._fail(row, f"{error.reason}: {error}")
+            if error.reason in ("blocked", "deactivated") and self.on_unreachable is not None:
+                await self.on_unreachable(platform, row.chat_id, row.ticket_id)
             return True
         except (TransientError, DeliveryError) as error:
             await self._backoff(row, str(error))

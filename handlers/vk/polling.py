@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import ClientTimeout
 from vkbottle import API, VKAPIError
-from vkbottle.dispatch.base import Router
+from vkbottle.dispatch.abc import ABCRouter
 
 from bot.clock import Clock
 from bot.domain import Platform
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 class VkPolling:
     def __init__(
-        self, api: API, router: Router, group_id: int, db: Database, clock: Clock, *, wait: int = 25
+        self, api: API, router: ABCRouter, group_id: int, db: Database, clock: Clock, *, wait: int = 25
     ) -> None:
         self.api = api
         self.router = router

@@ -1,0 +1,51 @@
+"""Fetching a photo's bytes from the platform it lives on, to hand it to the other platform."""
+
+from __future__ import annotations
+
+import io
+
+import aiohttp
+from aiogram import Bot
+
+from bot.domain import Attachment, Platform
+
+from .base import PermanentError, TransientError
+
+MAX_BYTES = 20 * 1024 * 1024  # Telegram's bot download limit; a photo is far smaller
+
+
+class MediaFetcher:
+    def __init__(self, telegram: Bot | None = None) -> None:
+        self.telegram = telegram
+        self._session: aiohttp.ClientSession | None = None
+
+    async def fetch(self, attachment: Attachment) -> bytes:
+        if attachment.platform is Platform.telegram:
+            if self.telegram is None:
+                raise PermanentError("no_channel", "a Telegram file, but the Telegram channel is off")
+            buffer = io.BytesIO()
+            try:
+                await self.telegram.download(attachment.file_id, destination=buffer)
+            except Exception as error:  # aiogram raises several kinds; all mean "try again later"
+                raise TransientError(f"Telegram file download failed: {error!r}") from None
+            return buffer.getvalue()
+        if not attachment.url:
+            raise PermanentError("no_file", f"no URL for {attachment.file_id}")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        try:
+            async with self._session.get(attachment.url) as response:
+                if response.status >= 500:
+                    raise TransientError(f"photo download: HTTP {response.status}")
+                if response.status >= 400:
+                    raise PermanentError("no_file", f"photo download: HTTP {response.status}")
+                data = await response.content.read(MAX_BYTES + 1)
+        except aiohttp.ClientError as error:
+            raise TransientError(f"photo download failed: {error!r}") from None
+        if len(data) > MAX_BYTES:
+            raise PermanentError("too_big", "photo larger than 20 MB")
+        return data
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

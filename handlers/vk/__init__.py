@@ -1,0 +1,1 @@
+"""VK handlers: one labeler per audience (citizens only; staff work in Telegram)."""
