@@ -109,8 +109,7 @@ class App:
             tickets=self.tickets, dialog=self.dialog, outbox=self.outbox, routing=self.routing
         )
         self.dispatcher.include_routers(*get_routers(self.routing, self.settings.album_wait_seconds))
-        # my_chat_member has no handler yet is wanted: it is how Telegram says a citizen blocked the bot.
-        allowed = sorted(set(self.dispatcher.resolve_used_update_types()) | {"my_chat_member"})
+        allowed = sorted(self.dispatcher.resolve_used_update_types())
         return DurablePolling(
             bot,
             self.dispatcher,

@@ -415,7 +415,7 @@ class CitizenDialog:
         if citizen is not None:
             if citizen.unreachable_at is not None:
                 # They write to us again, so we may write to them again.
-                await self.tickets.citizen_reachable(citizen)
+                await self.tickets.citizen_reachable(citizen.platform, citizen.external_id)
             return citizen
         async with self.outbox.unit() as u:
             return await u.repo.ensure_citizen(

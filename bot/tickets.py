@@ -223,21 +223,31 @@ class TicketService:
 
     async def citizen_unreachable(self, platform: Platform, external_id: int, ticket_id: int | None) -> None:
         """The platform says we may not write to this person any more (blocked the bot, forbade messages).
-        The agency of the ticket we were writing about is told once, so it knows answers do not arrive."""
+        The agency of a ticket whose message did not get through is told, once per ticket, so it knows
+        its answers do not arrive."""
         async with self.outbox.unit() as u:
             citizen = await u.repo.citizen_by_external(platform, external_id)
-            if citizen is None or citizen.unreachable_at is not None:
+            if citizen is None:
                 return
-            await u.repo.set_citizen_unreachable(citizen.id, u.now)
+            since = citizen.unreachable_at or u.now
+            if citizen.unreachable_at is None:
+                await u.repo.set_citizen_unreachable(citizen.id, since)
             if ticket_id is None:
                 return
             ticket = await u.repo.ticket(ticket_id)
             if ticket.citizen_id == citizen.id:
-                await self._tell_agency(u, ticket, "agency.citizen_unreachable")
+                await self._tell_agency(
+                    u,
+                    ticket,
+                    "agency.citizen_unreachable",
+                    dedupe_key=f"unreachable:{ticket.id}:{since.isoformat()}",
+                )
 
-    async def citizen_reachable(self, citizen: Citizen) -> None:
+    async def citizen_reachable(self, platform: Platform, external_id: int) -> None:
         async with self.outbox.unit() as u:
-            await u.repo.set_citizen_unreachable(citizen.id, None)
+            citizen = await u.repo.citizen_by_external(platform, external_id)
+            if citizen is not None and citizen.unreachable_at is not None:
+                await u.repo.set_citizen_unreachable(citizen.id, None)
 
     # -- staff
 
@@ -433,7 +443,8 @@ class TicketService:
             agency=self.render.agency(citizen.locale, ticket.agency_id),
             text=text or "—",
         )
-        await self._ack(u, ticket, staff, "staff.reply_sent", message_id)
+        ack = "agency.citizen_unreachable" if citizen.unreachable_at else "staff.reply_sent"
+        await self._ack(u, ticket, staff, ack, message_id)
 
     async def _apply(
         self,
@@ -597,7 +608,7 @@ class TicketService:
             ticket_id=ticket.id,
         )
 
-    async def _tell_agency(self, u: Unit, ticket: Ticket, key: str) -> None:
+    async def _tell_agency(self, u: Unit, ticket: Ticket, key: str, dedupe_key: str | None = None) -> None:
         chat_id = self._agency_chat(ticket.agency_id)
         await u.send(
             STAFF_PLATFORM,
@@ -609,6 +620,7 @@ class TicketService:
                 link_role="notice",
             ),
             ticket_id=ticket.id,
+            dedupe_key=dedupe_key,
         )
 
     async def _ack(self, u: Unit, ticket: Ticket, staff: Staff, key: str, message_id: int) -> None:

@@ -49,6 +49,8 @@ ROADS_CHAT = -1001000000010
 WASTE_CHAT = -1001000000020
 COORDINATORS_CHAT = -1009000000001
 TOKEN = "123456:TEST-token-not-a-secret"
+VK_TOKEN = "vk1.a.test-group-token"
+VK_GROUP = 222000
 
 
 @pytest.fixture

@@ -158,7 +158,7 @@ def _card_status(tg: FakeTelegram, card: Message) -> str:
 
 
 @asynccontextmanager
-async def running_world(database_url: str, routing: Routing) -> AsyncIterator[World]:
+async def running_world(database_url: str, routing: Routing, **settings: object) -> AsyncIterator[World]:
     async with FakeTelegram(token=TOKEN, bot_id=123456, bot_username="civicdesk_test_bot") as tg:
         for chat_id, title in ((ROADS_CHAT, "Roads"), (WASTE_CHAT, "Waste"), (COORDINATORS_CHAT, "Centre")):
             tg.add_group(chat_id=chat_id, title=title, type="supergroup")
@@ -169,7 +169,7 @@ async def running_world(database_url: str, routing: Routing) -> AsyncIterator[Wo
         ):
             tg.add_user(user_id=user_id, first_name=name, language_code="ru")
             tg.add_member(chat_id, user_id)
-        app = App(make_settings(database_url, tg.base_url), routing)
+        app = App(make_settings(database_url, tg.base_url, **settings), routing)
         await app.start()
         try:
             yield World(tg, app, routing, app.translator)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.config import Routing
-from bot.domain import TicketStatus
+from bot.domain import Platform, TicketStatus
 from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, WASTE_CHAT
 from tests.telegram_world import COORDINATOR, ROADS_STAFF, WASTE_STAFF, World, plain, running_world
 
@@ -313,3 +313,42 @@ async def test_a_long_staff_answer_arrives_whole_in_several_messages(world: Worl
     await tg.wait_until(lambda: "слово699" in "".join(m.get("text") or "" for m in tg.bot_messages(ALICE)))
     received = " ".join(m.get("text") or "" for m in tg.bot_messages(ALICE))
     assert all(f"слово{i} " in received or f"слово{i}\n" in received for i in range(699))
+
+
+async def test_a_citizen_who_cannot_be_reached_is_marked_and_the_agency_told_once(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE)
+    card = await world.card(ROADS_CHAT, number)
+    await tg.send_text(ROADS_STAFF, "Первый ответ", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    await world.bot_says(ALICE, lambda m: "Первый ответ" in (m.get("text") or ""))
+    tg.deactivate(ALICE)  # fails sends without telling the bot first, as a deleted account does
+    await tg.send_text(ROADS_STAFF, "Второй ответ", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    notice = plain(world.t.render("ru", "agency.citizen_unreachable", tag=f"#T{number}"))
+    await world.bot_says(ROADS_CHAT, lambda m: m.get("text") == notice)
+    # Staff who answer again learn at once that it will not arrive; the notice itself is not repeated.
+    await tg.send_text(ROADS_STAFF, "Третий ответ", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    await tg.wait_until(lambda: len([m for m in tg.bot_messages(ROADS_CHAT) if m.get("text") == notice]) == 2)
+    notices = [m for m in tg.bot_messages(ROADS_CHAT) if m.get("text") == notice]
+    assert notices[1]["reply_to_message"]["text"] == "Третий ответ"
+    async with world.app.outbox.read() as repo:
+        citizen = await repo.citizen_by_external(Platform.telegram, ALICE)
+    assert citizen is not None and citizen.unreachable_at is not None
+
+
+async def test_blocking_the_bot_marks_the_citizen_and_writing_again_clears_it(world: World) -> None:
+    await world.file_report(ALICE)
+    world.tg.block(ALICE)
+
+    async def unreachable() -> bool:
+        async with world.app.outbox.read() as repo:
+            citizen = await repo.citizen_by_external(Platform.telegram, ALICE)
+        return citizen is not None and citizen.unreachable_at is not None
+
+    for _ in range(100):
+        if await unreachable():
+            break
+        await world.tg.wait_until(lambda: world.tg.pending_updates == 0, timeout=1)
+    assert await unreachable()
+    await world.tg.send_command(ALICE, "/my")  # writing to the bot unblocks it
+    await world.says_key(ALICE, "ru", "dialog.my_header")
+    assert not await unreachable()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from aiogram import F, Router
-from aiogram.enums import ChatType
+from aiogram.enums import ChatMemberStatus, ChatType
 from aiogram.filters import Command, CommandObject, CommandStart
-from aiogram.types import CallbackQuery, Message
+from aiogram.types import CallbackQuery, ChatMemberUpdated, Message
 
 from bot.dialog import CitizenDialog, CitizenInput
-from bot.domain import Location
+from bot.domain import Location, Platform
+from bot.tickets import TicketService
 
 from .common import person, photos, text_of, unsupported_kind
 from .middlewares import AlbumMiddleware
@@ -58,6 +59,14 @@ def citizen_router(album_wait: float) -> Router:
     @router.edited_message()
     async def edited(message: Message, dialog: CitizenDialog) -> None:
         await dialog.notice(person(message), "dialog.edit_ignored")
+
+    @router.my_chat_member(F.chat.type == ChatType.PRIVATE)
+    async def membership(update: ChatMemberUpdated, tickets: TicketService) -> None:
+        """Telegram's word that a citizen blocked (or unblocked) the bot."""
+        if update.new_chat_member.status in (ChatMemberStatus.KICKED, ChatMemberStatus.LEFT):
+            await tickets.citizen_unreachable(Platform.telegram, update.chat.id, None)
+        else:
+            await tickets.citizen_reachable(Platform.telegram, update.chat.id)
 
     @router.callback_query()
     async def button(query: CallbackQuery, dialog: CitizenDialog) -> None:

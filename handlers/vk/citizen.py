@@ -101,6 +101,18 @@ def citizen_labeler(dialog: CitizenDialog) -> BotLabeler:
         except VKAPIError as error:
             log.info("message event %s not answered: %r", event.event_id, error)
 
+    @labeler.raw_event(GroupEventType.MESSAGE_DENY, dataclass=dict)
+    async def on_deny(event: dict[str, Any]) -> None:
+        user_id = int(event.get("object", {}).get("user_id", 0))
+        if user_id:
+            await dialog.tickets.citizen_unreachable(Platform.vk, user_id, None)
+
+    @labeler.raw_event(GroupEventType.MESSAGE_ALLOW, dataclass=dict)
+    async def on_allow(event: dict[str, Any]) -> None:
+        user_id = int(event.get("object", {}).get("user_id", 0))
+        if user_id:
+            await dialog.tickets.citizen_reachable(Platform.vk, user_id)
+
     return labeler
 
 

@@ -1,0 +1,207 @@
+"""End-to-end stories of a VK citizen: the real vkbottle client against the fake VK API, the agency in
+the fake Telegram, the bot started as production starts it with both channels on."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from bot.config import Routing
+from bot.domain import TicketStatus
+from storage.schema import citizens, outbox
+from tests.conftest import ROADS_CHAT, VK_GROUP, VK_TOKEN
+from tests.fakes.vk import FakeVK
+from tests.telegram_world import ROADS_STAFF, World, plain, running_world
+
+ANNA = 5001
+TIMEOUT = 10.0
+Message = dict[str, Any]
+
+
+@dataclass
+class VkWorld:
+    vk: FakeVK
+    world: World
+
+    async def says(self, user_id: int, needle: str) -> Message:
+        return await self.vk.wait_for_message(user_id, lambda m: needle in m["text"], timeout=TIMEOUT)
+
+    async def says_key(self, user_id: int, key: str, locale: str = "ru", **params: object) -> Message:
+        first_line = plain(self.world.t.render(locale, key, **params)).splitlines()[0].strip()
+        return await self.says(user_id, first_line)
+
+    async def keyboard(self, user_id: int, data_prefix: str) -> Message:
+        """The newest bot message whose keyboard has a button with data starting with `data_prefix`."""
+
+        def newest_with_buttons(message: Message) -> bool:
+            with_keyboards = [m for m in self.vk.bot_messages(user_id) if self.vk.button_payloads(m)]
+            data = [p.get("d", "") for p in self.vk.button_payloads(message)]
+            return (
+                bool(with_keyboards)
+                and with_keyboards[-1]["id"] == message["id"]
+                and any(d.startswith(data_prefix) for d in data)
+            )
+
+        return await self.vk.wait_for_message(user_id, newest_with_buttons, timeout=TIMEOUT)
+
+    async def press(self, user_id: int, message: Message, data: str) -> str:
+        event_id = await self.vk.press(user_id, message, {"d": data})
+        await self.vk.wait_until(lambda: self.vk.event_answer(event_id) is not None, timeout=TIMEOUT)
+        return event_id
+
+    async def file_report(self, user_id: int, text: str = "Яма у школы", photos: int = 0) -> int:
+        before = await self.world.ticket_count()
+        await self.vk.send_text(user_id, "/new")
+        await self.press(user_id, await self.keyboard(user_id, "c:"), "c:potholes")
+        await self.keyboard(user_id, "d:cancel")
+        if photos:
+            await self.vk.send_photos(user_id, photos, text)
+        else:
+            await self.vk.send_text(user_id, text)
+        await self.press(user_id, await self.keyboard(user_id, "d:skip"), "d:skip")
+        await self.press(user_id, await self.keyboard(user_id, "d:confirm"), "d:confirm")
+        await self.world.tg.wait_until(lambda: len(self._tagged(user_id)) > 0 and self._new(user_id, before))
+        assert await self.world.ticket_count() == before + 1
+        return before + 1
+
+    def _tagged(self, user_id: int) -> list[Message]:
+        return [m for m in self.vk.bot_messages(user_id) if "#T" in m["text"]]
+
+    def _new(self, user_id: int, before: int) -> bool:
+        return any(f"#T{before + 1}" in m["text"] for m in self._tagged(user_id))
+
+
+@pytest.fixture
+async def both(
+    database_url: str, routing: Routing, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[VkWorld]:
+    monkeypatch.chdir(tmp_path)  # nothing may be written into the working directory
+    async with FakeVK(token=VK_TOKEN, group_id=VK_GROUP) as vk:
+        vk.add_user(user_id=ANNA, first_name="Анна", last_name="Иванова", lang="ru")
+        async with running_world(
+            database_url,
+            routing,
+            vk_group_token=VK_TOKEN,
+            vk_group_id=VK_GROUP,
+            vk_api_url=vk.api_url,
+            vk_polling_wait=1,
+        ) as world:
+            yield VkWorld(vk, world)
+    assert not (tmp_path / ".vkbottle").exists()
+
+
+async def test_vk_citizen_report_reaches_the_card_and_a_photo_answer_comes_back(both: VkWorld) -> None:
+    vk, tg = both.vk, both.world.tg
+    await vk.send_text(ANNA, "Начать")
+    greeting = await both.says_key(ANNA, "dialog.greeting", name="Анна")
+    assert [p["d"] for p in vk.button_payloads(greeting)] == ["m:new", "m:my", "m:lang", "m:help"]
+    await both.press(ANNA, greeting, "m:new")
+    await both.press(ANNA, await both.keyboard(ANNA, "c:"), "c:potholes")
+    await both.keyboard(ANNA, "d:cancel")
+    await vk.send_photos(ANNA, 2, "<b>Яма</b> & лужа во дворе")
+    await both.keyboard(ANNA, "d:skip")
+    await vk.send_location(ANNA, 55.75, 37.61)
+    summary = await both.keyboard(ANNA, "d:confirm")
+    assert "<b>Яма</b> & лужа во дворе" in summary["text"]  # shown as written, no markup
+    await both.press(ANNA, summary, "d:confirm")
+    await both.says(ANNA, "#T1")
+
+    card = await both.world.card(ROADS_CHAT, 1)
+    assert "<b>Яма</b> & лужа во дворе" in card["text"]
+    assert "Анна" not in card["text"] and str(ANNA) not in card["text"]
+    album = [m for m in tg.bot_messages(ROADS_CHAT) if m.get("photo")]
+    assert len(album) == 2
+
+    staff_photo = await tg.send_photo(
+        ROADS_STAFF, caption="Вот что сделано", chat_id=ROADS_CHAT, reply_to=card["message_id"]
+    )
+    assert staff_photo["photo"]
+    answer = await both.says(ANNA, "Вот что сделано")
+    assert "#T1" in answer["text"]
+    photos = [a for a in answer["attachments"] if a["type"] == "photo"]
+    assert len(photos) == 1
+
+
+async def test_a_vk_album_is_one_report(both: VkWorld) -> None:
+    await both.vk.send_photos(ANNA, 3, "Мусор у подъезда")  # the quick path: text and photos first
+    await both.press(ANNA, await both.keyboard(ANNA, "c:"), "c:potholes")
+    await both.press(ANNA, await both.keyboard(ANNA, "d:skip"), "d:skip")
+    await both.press(ANNA, await both.keyboard(ANNA, "d:confirm"), "d:confirm")
+    await both.world.card(ROADS_CHAT, 1)
+    assert len([m for m in both.world.tg.bot_messages(ROADS_CHAT) if m.get("photo")]) == 3
+    assert await both.world.ticket_count() == 1
+
+
+async def test_vk_need_info_round_trip_and_resolution(both: VkWorld) -> None:
+    tg = both.world.tg
+    number = await both.file_report(ANNA)
+    card = await both.world.card(ROADS_CHAT, number)
+    await tg.send_text(ROADS_STAFF, "/ask Какой подъезд?", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    question = await both.says(ANNA, "Какой подъезд?")
+    await both.vk.send_text(ANNA, "Второй", reply_to=question)
+    forwarded = await both.world.bot_says(ROADS_CHAT, lambda m: "Второй" in (m.get("text") or ""))
+    assert forwarded["reply_to_message"]["message_id"] == card["message_id"]
+    await both.world.card_shows(ROADS_CHAT, number, TicketStatus.in_progress)
+
+    await tg.send_text(ROADS_STAFF, "/resolve Починили", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    solved = await both.says(ANNA, "Починили")
+    assert [p["d"] for p in both.vk.button_payloads(solved)] == [f"f:yes:{number}", f"f:no:{number}"]
+    await both.press(ANNA, solved, f"f:no:{number}")
+    await both.world.card_shows(ROADS_CHAT, number, TicketStatus.in_progress)
+    await tg.send_text(ROADS_STAFF, "/resolve Теперь точно", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    again = await both.says(ANNA, "Теперь точно")
+    await both.press(ANNA, again, f"f:yes:{number}")
+    await both.world.card_shows(ROADS_CHAT, number, TicketStatus.closed)
+
+
+async def test_vk_rejection_and_transfer_reach_the_citizen(both: VkWorld) -> None:
+    tg = both.world.tg
+    number = await both.file_report(ANNA)
+    card = await both.world.card(ROADS_CHAT, number)
+    await tg.press(ROADS_STAFF, card, f"t:tr:{number}:new")
+    await tg.wait_until(
+        lambda: f"x:waste:{number}" in tg.button_data(both.world.card_now(ROADS_CHAT, number))
+    )
+    await tg.press(ROADS_STAFF, both.world.card_now(ROADS_CHAT, number), f"x:waste:{number}")
+    await both.says(ANNA, "Региональный оператор")
+
+
+async def test_a_citizen_who_forbade_messages_is_marked_and_the_agency_told(both: VkWorld) -> None:
+    tg = both.world.tg
+    number = await both.file_report(ANNA)
+    card = await both.world.card(ROADS_CHAT, number)
+    both.vk.forbid(ANNA)
+    await tg.send_text(ROADS_STAFF, "Ответ", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    await both.world.says_key(ROADS_CHAT, "ru", "agency.citizen_unreachable", tag=f"#T{number}")
+    async with both.world.app.db.read() as conn:
+        assert await conn.scalar(sa.select(citizens.c.unreachable_at).where(citizens.c.external_id == ANNA))
+        failed = await conn.scalar(
+            sa.select(sa.func.count()).select_from(outbox).where(outbox.c.status == "failed")
+        )
+    assert failed == 1
+
+
+async def test_a_replayed_event_changes_nothing(both: VkWorld) -> None:
+    number = await both.file_report(ANNA)
+    sent_before = len(both.vk.bot_messages(ANNA))
+    await both.vk.replay_last(3)  # the last text, the confirm press, and whatever came just before
+    await both.vk.send_text(
+        ANNA, "/my"
+    )  # a fresh event after the replays: once it is answered, they were seen
+    await both.says_key(ANNA, "dialog.my_header")
+    assert len(both.vk.bot_messages(ANNA)) == sent_before + 1
+    assert await both.world.ticket_count() == number
+
+
+async def test_every_vk_send_carries_a_random_id_and_a_resend_shows_once(both: VkWorld) -> None:
+    both.vk.fail_next("messages.send", error_code=10, times=1)
+    await both.vk.send_text(ANNA, "/help")
+    await both.says_key(ANNA, "dialog.help", name="Анна")
+    calls = both.vk.calls("messages.send")
+    assert calls and all(int(c["random_id"]) > 0 for c in calls)
+    assert len({c["random_id"] for c in calls}) < len(calls)  # the retry reused its random_id
+    assert len(both.vk.bot_messages(ANNA)) == 1
