@@ -58,6 +58,8 @@ INDIRECT: dict[str, frozenset[str]] = {
     "staff.asked": frozenset({"tag"}),
     "staff.resolved": frozenset({"tag"}),
     "staff.rejected": frozenset({"tag"}),
+    # TicketService._reply: `ack = "agency.citizen_unreachable" if ... else "staff.reply_sent"`, then _ack.
+    "staff.reply_sent": frozenset({"tag"}),
     # CitizenDialog._feed: notes said with limit=.
     "dialog.text_trimmed": frozenset({"limit"}),
     "dialog.too_many_photos": frozenset({"limit"}),
