@@ -135,6 +135,9 @@ class App:
         else:
             described.append("Telegram off (agency cards wait in the outbox until it is on)")
         if self.vk_api is not None:
+            for poller in self.pollers:
+                if isinstance(poller, VkPolling):
+                    await poller.prepare()
             described.append(f"VK on for community {self.settings.vk_group_id}")
         else:
             described.append("VK off")

@@ -34,8 +34,15 @@ class VkPolling:
         self.db = db
         self.wait = wait
         self.cursor_name = f"vk:{group_id}:ts"
+        self.clock = clock
         self.intake = Intake(db, clock, Platform.vk, self._route)
         self._stopping = asyncio.Event()
+        self._server_info: dict[str, Any] | None = None
+
+    async def prepare(self) -> None:
+        """Take a long-poll position before start-up finishes, so nothing sent after it is missed;
+        on the very first run it is saved at once, so even a crash before any event loses nothing."""
+        self._server_info = await self._server()
 
     async def _route(self, event: dict[str, Any]) -> None:
         await self.router.route(event, self.api)
@@ -43,7 +50,7 @@ class VkPolling:
     async def run(self) -> None:
         await self.intake.replay()
         failures = 0
-        server: dict[str, Any] | None = None
+        server, self._server_info = self._server_info, None
         while not self._stopping.is_set():
             try:
                 if server is None:
@@ -72,6 +79,9 @@ class VkPolling:
             saved = await Repository(conn).cursor(self.cursor_name)
         if saved is not None:
             server["ts"] = saved
+        else:
+            async with self.db.transaction() as conn:
+                await Repository(conn).save_cursor(self.cursor_name, str(server["ts"]), self.clock.now())
         return server
 
     async def _check(self, server: dict[str, Any]) -> Any:
