@@ -175,8 +175,17 @@ async def test_a_citizen_who_forbade_messages_is_marked_and_the_agency_told(both
     number = await both.file_report(ANNA)
     card = await both.world.card(ROADS_CHAT, number)
     both.vk.forbid(ANNA)
-    await tg.send_text(ROADS_STAFF, "Ответ", chat_id=ROADS_CHAT, reply_to=card["message_id"])
-    await both.world.says_key(ROADS_CHAT, "ru", "agency.citizen_unreachable", tag=f"#T{number}")
+    answer = await tg.send_text(ROADS_STAFF, "Ответ", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    notice = plain(both.world.t.render("ru", "agency.citizen_unreachable", tag=f"#T{number}"))
+    ack = await both.world.bot_says(
+        ROADS_CHAT, lambda m: m.get("reply_to_message", {}).get("message_id") == answer["message_id"]
+    )
+    # If VK's message_deny arrived first, the acknowledgement already says so; either way the failed
+    # send adds one notice, and only after the failure is recorded.
+    expected = 2 if ack["text"] == notice else 1
+    await tg.wait_until(
+        lambda: [m.get("text") for m in tg.bot_messages(ROADS_CHAT)].count(notice) == expected
+    )
     async with both.world.app.db.read() as conn:
         assert await conn.scalar(sa.select(citizens.c.unreachable_at).where(citizens.c.external_id == ANNA))
         failed = await conn.scalar(
