@@ -19,6 +19,7 @@ from vkbottle.bot import Bot as VkBot
 
 from bot.clock import Clock, SystemClock
 from bot.config import Routing, Settings, channels
+from bot.deadlines import Deadlines
 from bot.delivery.base import Messenger
 from bot.delivery.media import MediaFetcher
 from bot.delivery.outbox import Outbox
@@ -33,6 +34,8 @@ from handlers.telegram import get_routers
 from handlers.telegram.polling import DurablePolling
 from handlers.vk.citizen import citizen_labeler
 from handlers.vk.polling import VkPolling
+from scheduler.jobs import Jobs
+from scheduler.setup import build_scheduler
 from storage.db import Database
 
 log = logging.getLogger("civicdesk")
@@ -52,7 +55,15 @@ class App:
         self.db = Database(self.settings.database_url)
         self.translator = Translator(default=self.routing.default_locale)
         self.outbox = Outbox(self.db, self.clock)
-        self.tickets = TicketService(self.outbox, self.routing, self.translator)
+        self.policy = self.settings.policy()
+        self.tickets = TicketService(
+            self.outbox,
+            self.routing,
+            self.translator,
+            citizen_update_every=self.policy.citizen_update_every,
+        )
+        self.jobs = Jobs(Deadlines(self.tickets, self.policy), self.clock)
+        self.scheduler = build_scheduler(self.jobs, self.settings.scheduler_interval)
         self.dialog = CitizenDialog(
             self.outbox,
             self.tickets,
@@ -141,6 +152,7 @@ class App:
             described.append(f"VK on for community {self.settings.vk_group_id}")
         else:
             described.append("VK off")
+        self.scheduler.start()
         runs: list[tuple[str, Coroutine[Any, Any, None]]] = [("outbox", self.worker.run())]
         runs += [(type(poller).__name__, poller.run()) for poller in self.pollers]
         self._tasks = [asyncio.create_task(run, name=name) for name, run in runs]
@@ -167,6 +179,8 @@ class App:
             task.result()
 
     async def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         for poller in self.pollers:
             poller.stop()
         self.worker.stop()

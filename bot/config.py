@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -16,6 +16,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
+    PrivateAttr,
     SecretStr,
     StrictInt,
     ValidationError,
@@ -26,11 +29,26 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from bot.sla import format_duration, parse_duration
+from bot.policy import Policy
+from bot.sla import (
+    DEFAULT_REMIND_BEFORE,
+    DEFAULT_WEEKENDS,
+    DEFAULT_WORKING_HOURS,
+    WEEKDAY_NAMES,
+    RemindBefore,
+    Sla,
+    WorkingCalendar,
+    parse_duration,
+    parse_remind_before,
+    parse_sla,
+)
+from bot.sla import deadline as _deadline
+from bot.sla import reminder_at as _reminder_at
 
 __all__ = [
     "LOCALES",
     "Agency",
+    "CalendarSection",
     "Category",
     "ConfigError",
     "Coordinators",
@@ -107,6 +125,29 @@ class Settings(BaseSettings):
         default=3500, ge=100, le=4000, description="Longest report description a citizen may send."
     )
     max_photos: int = Field(default=10, ge=1, le=10, description="Most photos attached to one report.")
+    scheduler_interval: int = Field(
+        default=60, ge=1, le=3600, description="Seconds between the scheduler's scans of due promises."
+    )
+    overdue_repeat: str = Field(default="4h", description="How often an overdue alert repeats, e.g. 4h.")
+    overdue_group_threshold: int = Field(
+        default=5, ge=1, description="More overdue tickets than this in one scan: one grouped message."
+    )
+    citizen_overdue_notice: bool = Field(
+        default=True, description="Tell a citizen when their ticket is overdue and coordinators alerted."
+    )
+    citizen_update_interval: str = Field(
+        default="3d", description='How often a waiting citizen hears "still in work"; "off" disables.'
+    )
+    resolved_autoclose: str = Field(
+        default="3d", description='Close a resolved ticket whose citizen never answered "Solved?"; "off".'
+    )
+    need_info_timeout: str = Field(
+        default="7d", description='Close a ticket waiting for the citizen\'s information this long; "off".'
+    )
+    digest_time: str = Field(
+        default="09:00", description='Local time of the coordinators\' daily digest, HH:MM; "off".'
+    )
+
     vk_group_token: SecretStr | None = Field(
         default=None, description="VK community access token (messages, photos, manage rights)."
     )
@@ -116,6 +157,42 @@ class Settings(BaseSettings):
         description="Base URL the VK API method names are appended to; ends with /method/.",
     )
     vk_polling_wait: int = Field(default=25, ge=1, le=90, description="VK Bots Long Poll wait in seconds.")
+
+    @field_validator("overdue_repeat", "citizen_update_interval", "resolved_autoclose", "need_info_timeout")
+    @classmethod
+    def _duration_or_off(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip().lower()
+        if value == "off" and info.field_name != "overdue_repeat":
+            return value
+        parse_duration(value)
+        return value
+
+    @field_validator("digest_time")
+    @classmethod
+    def _clock_time_or_off(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value != "off":
+            try:
+                time.fromisoformat(value)
+            except ValueError:
+                raise ValueError('use HH:MM, e.g. 09:00, or "off"') from None
+        return value
+
+    def policy(self) -> Policy:
+        """The scheduler's policy, from these settings."""
+
+        def optional(value: str) -> timedelta | None:
+            return None if value == "off" else parse_duration(value)
+
+        return Policy(
+            overdue_repeat=parse_duration(self.overdue_repeat),
+            group_threshold=self.overdue_group_threshold,
+            citizen_overdue_notice=self.citizen_overdue_notice,
+            citizen_update_every=optional(self.citizen_update_interval),
+            resolved_autoclose=optional(self.resolved_autoclose),
+            need_info_timeout=optional(self.need_info_timeout),
+            digest_at=None if self.digest_time == "off" else time.fromisoformat(self.digest_time),
+        )
 
     @field_validator("vk_group_id", mode="before")
     @classmethod
@@ -258,9 +335,37 @@ def _check_translations(value: object, info: ValidationInfo) -> object:
     return value
 
 
+def _to_sla(value: object) -> Sla:
+    if isinstance(value, Sla):
+        return value
+    if isinstance(value, timedelta):
+        return Sla.elapsed(value)
+    return parse_sla(value if isinstance(value, str) else str(value))
+
+
+def _lead(value: object) -> RemindBefore:
+    if isinstance(value, RemindBefore):
+        return value
+    if isinstance(value, timedelta):
+        return RemindBefore.duration(value)
+    return parse_remind_before(value if isinstance(value, str) else str(value))
+
+
+def _to_remind_before(value: object) -> RemindBefore:
+    try:
+        return _lead(value)
+    except ValueError as exc:
+        raise ValueError(f"remind_before: {exc}") from None
+
+
 _Id = Annotated[str, BeforeValidator(_check_id)]
 _Translations = Annotated[dict[str, str], BeforeValidator(_check_translations)]
 _OptionalLocale = Annotated[Locale | None, BeforeValidator(_check_locale)]
+# Dumped in the file's own compact form ("5wd", "25%"), which validates back to the same value.
+_Sla = Annotated[Sla, PlainValidator(_to_sla), PlainSerializer(str, return_type=str)]
+_RemindBefore = Annotated[
+    RemindBefore, PlainValidator(_to_remind_before), PlainSerializer(str, return_type=str)
+]
 
 
 class _Frozen(BaseModel):
@@ -282,17 +387,11 @@ class Category(_Frozen):
     id: _Id
     title: _Translations
     agency: str
-    sla: timedelta
+    # Routing fills in default_sla and default_remind_before before a category is validated, so
+    # in a routing `sla` is always set and `remind_before` too (a zero lead meaning no reminder).
+    sla: _Sla
     emoji: str = ""
-
-    @field_validator("sla", mode="before")
-    @classmethod
-    def _parse_sla(cls, value: object) -> object:
-        if isinstance(value, timedelta):
-            if value <= timedelta(0):
-                raise ValueError(f"sla must be positive, got {value}")
-            return value
-        return parse_duration(str(value))
+    remind_before: _RemindBefore | None = None
 
     def title_in(self, locale: Locale) -> str:
         return self.title[locale]
@@ -301,6 +400,114 @@ class Category(_Frozen):
 class Coordinators(_Frozen):
     chat_id: StrictInt
     locale: _OptionalLocale = None
+
+
+_HOURS = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})")
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_WEEKDAYS: Final[dict[str, int]] = {
+    **{name: number for number, name in enumerate(WEEKDAY_NAMES)},
+    **{
+        name: number
+        for number, name in enumerate(
+            ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+        )
+    },
+}
+
+
+def _clock_time(hour: str, minute: str) -> time | None:
+    h, m = int(hour), int(minute)
+    return time(h, m) if h < 24 and m < 60 else None
+
+
+def _day(value: object, field: str) -> date:
+    # TOML has a date type of its own; a datetime is a date subclass but names an instant, not a day.
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value.strip()):
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f'{field}: bad date {_quoted(value)}: use YYYY-MM-DD, e.g. "2026-01-01"')
+
+
+def _quoted(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+class CalendarSection(_Frozen):
+    """The routing file's [calendar] table: when the region's agencies work."""
+
+    working_hours: tuple[time, time] = DEFAULT_WORKING_HOURS
+    weekends: frozenset[int] = DEFAULT_WEEKENDS
+    holidays: frozenset[date] = frozenset()
+    working_days: frozenset[date] = frozenset()
+
+    @field_validator("working_hours", mode="plain")
+    @classmethod
+    def _hours(cls, value: object) -> tuple[time, time]:
+        if isinstance(value, tuple) and len(value) == 2 and all(isinstance(t, time) for t in value):
+            start, end = value
+        else:
+            match = _HOURS.fullmatch(value.strip()) if isinstance(value, str) else None
+            start, end = (
+                (_clock_time(match[1], match[2]), _clock_time(match[3], match[4])) if match else (None, None)
+            )
+            if start is None or end is None:
+                raise ValueError(
+                    f"working_hours {_quoted(value)} is invalid: use local times as"
+                    ' "HH:MM-HH:MM", e.g. "09:00-18:00"'
+                )
+        if not start < end:
+            raise ValueError(
+                f'working_hours "{start:%H:%M}-{end:%H:%M}" is invalid: the working day must end'
+                " after it starts on the same day"
+            )
+        return start, end
+
+    @field_validator("weekends", mode="plain")
+    @classmethod
+    def _weekends(cls, value: object) -> frozenset[int]:
+        if isinstance(value, frozenset | set) and all(isinstance(d, int) for d in value):
+            numbers = frozenset(value)
+        else:
+            if not isinstance(value, list | tuple):
+                raise ValueError('weekends must be a list of weekday names, e.g. ["sat", "sun"]')
+            found: set[int] = set()
+            for name in value:
+                number = _WEEKDAYS.get(name.strip().lower()) if isinstance(name, str) else None
+                if number is None:
+                    raise ValueError(
+                        f"weekends: unknown weekday {_quoted(name)} (use {', '.join(WEEKDAY_NAMES)})"
+                    )
+                found.add(number)
+            numbers = frozenset(found)
+        if not numbers <= set(range(7)):
+            raise ValueError(f"weekends: weekday numbers run from 0 (Monday) to 6, got {sorted(numbers)}")
+        if len(numbers) == 7:
+            raise ValueError("weekends: every day of the week is a weekend; leave at least one working day")
+        return numbers
+
+    @field_validator("holidays", "working_days", mode="plain")
+    @classmethod
+    def _days(cls, value: object, info: ValidationInfo) -> frozenset[date]:
+        field = str(info.field_name)
+        if not isinstance(value, list | tuple | set | frozenset):
+            raise ValueError(f'{field} must be a list of dates, e.g. {field} = ["2026-01-01"]')
+        return frozenset(_day(item, field) for item in value)
+
+    @model_validator(mode="after")
+    def _no_day_twice(self) -> CalendarSection:
+        both = sorted(self.holidays & self.working_days)
+        if both:
+            days = ", ".join(d.isoformat() for d in both)
+            raise ValueError(f"{days}: listed both in holidays and in working_days")
+        return self
+
+    def build(self, timezone: ZoneInfo) -> WorkingCalendar:
+        start, end = self.working_hours
+        return WorkingCalendar(timezone, start, end, self.weekends, self.holidays, self.working_days)
 
 
 class Routing(_Frozen):
@@ -312,6 +519,53 @@ class Routing(_Frozen):
     coordinators: Coordinators
     agencies: tuple[Agency, ...]
     categories: tuple[Category, ...]
+    default_sla: _Sla | None = None
+    default_remind_before: _RemindBefore = DEFAULT_REMIND_BEFORE
+    # The TOML table is [calendar]; the attribute of that name is the calendar built from it.
+    calendar_section: CalendarSection | None = Field(default=None, alias="calendar")
+
+    _calendar: WorkingCalendar = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_defaults(cls, data: object) -> object:
+        """Give categories that name no sla or remind_before the file's defaults."""
+        if not isinstance(data, Mapping):
+            return data
+        categories = data.get("categories")
+        if not isinstance(categories, list | tuple):
+            return data
+        defaults: dict[str, object] = {"remind_before": DEFAULT_REMIND_BEFORE}
+        for key, target, convert in (
+            ("default_sla", "sla", _to_sla),
+            ("default_remind_before", "remind_before", _lead),
+        ):
+            if key not in data:
+                continue
+            try:
+                defaults[target] = convert(data[key])
+            except ValueError:
+                continue  # the default's own field reports it once, not once per category
+        filled = [{**defaults, **entry} if isinstance(entry, Mapping) else entry for entry in categories]
+        return {**data, "categories": filled}
+
+    @field_validator("default_sla", mode="plain")
+    @classmethod
+    def _default_sla(cls, value: object) -> Sla | None:
+        if value is None:
+            return None
+        try:
+            return _to_sla(value)
+        except ValueError as exc:
+            raise ValueError(f"default_sla: {exc}") from None
+
+    @field_validator("default_remind_before", mode="plain")
+    @classmethod
+    def _default_remind_before(cls, value: object) -> RemindBefore:
+        try:
+            return _lead(value)
+        except ValueError as exc:
+            raise ValueError(f"default_remind_before: {exc}") from None
 
     @field_validator("timezone", mode="plain")
     @classmethod
@@ -383,7 +637,26 @@ class Routing(_Frozen):
                 )
         if problems:
             raise ValueError("\n".join(problems))
+        section = self.calendar_section
+        self._calendar = section.build(self.timezone) if section else WorkingCalendar(self.timezone)
         return self
+
+    @property
+    def calendar(self) -> WorkingCalendar:
+        """The calendar working-time SLAs are counted on: the [calendar] table's, or Mon-Fri
+        09:00-18:00 without holidays in the routing's timezone when the file has none."""
+        return self._calendar
+
+    def deadline(self, category_id: str, opened_at: datetime) -> datetime:
+        """When a ticket of `category_id` opened at aware `opened_at` falls due (aware UTC)."""
+        return _deadline(opened_at, self.category(category_id).sla, self.calendar)
+
+    def reminder_at(self, category_id: str, opened_at: datetime, due_at: datetime) -> datetime | None:
+        """When to remind the agency about a ticket due at `due_at` (aware UTC): `due_at` minus the
+        category's remind_before, a percentage being of the real time from `opened_at` to `due_at`.
+        None when the category has no lead, the lead is zero, or the reminder would not come
+        after the ticket was opened."""
+        return _reminder_at(opened_at, due_at, self.category(category_id).remind_before)
 
     def agency(self, agency_id: str) -> Agency:
         for agency in self.agencies:
@@ -414,11 +687,24 @@ class Routing(_Frozen):
 
     def warnings(self) -> tuple[str, ...]:
         """Legal but probably unintended setups, shown by check-config."""
-        return tuple(
+        found = [
             f'agency "{a.id}" has no categories: its chat will never receive reports'
             for a in self.agencies
             if not self.categories_of(a.id)
-        )
+        ]
+        for category in self.categories:
+            lead, sla = category.remind_before, category.sla
+            if (
+                lead is not None
+                and lead.kind == "duration"
+                and sla.kind == "elapsed"
+                and lead.amount >= sla.amount
+            ):
+                found.append(
+                    f'category "{category.id}": remind_before {lead} is not shorter than its SLA {sla}, '
+                    "so no reminder will ever be sent"
+                )
+        return tuple(found)
 
 
 def _entry_name(data: object, loc: Sequence[int | str]) -> tuple[str, Sequence[int | str]]:
@@ -431,8 +717,8 @@ def _entry_name(data: object, loc: Sequence[int | str]) -> tuple[str, Sequence[i
         if isinstance(entry_id, str) and entry_id:
             return f'{kind} "{entry_id}"', loc[2:]
         return f"{kind} #{loc[1] + 1}", loc[2:]
-    if loc and loc[0] == "coordinators":
-        return "coordinators", loc[1:]
+    if loc and loc[0] in ("coordinators", "calendar"):
+        return str(loc[0]), loc[1:]
     return "", loc
 
 
@@ -440,6 +726,12 @@ def _routing_problem(data: object, error: ErrorDetails) -> list[str]:
     where, rest = _entry_name(data, error["loc"])
     if error["type"] == "missing" and not rest:
         return [f"{where or 'the file'} is missing"]
+    if error["type"] == "missing" and tuple(rest) == ("sla",) and error["loc"][0] == "categories":
+        if isinstance(data, Mapping) and data.get("default_sla") is not None:
+            return []  # default_sla is present but invalid, and its own error says why
+        return [
+            f"{where}: sla is missing: give the category an sla, or set default_sla at the top of the file"
+        ]
     message = _strip_value_error(str(error["msg"]))
     # Our own ValueErrors already say which key is wrong; pydantic's generic ones do not.
     if error["type"] != "value_error":
@@ -486,6 +778,19 @@ def load_routing(path: Path) -> Routing:
     return parse_routing(text, source=str(path))
 
 
+def _calendar_line(routing: Routing) -> str:
+    calendar = routing.calendar
+    hours = f"{calendar.start:%H:%M}-{calendar.end:%H:%M}"
+    weekends = ", ".join(WEEKDAY_NAMES[d] for d in sorted(calendar.weekends)) or "none"
+    section = routing.calendar_section
+    if section is None:
+        return f"Calendar: none in the file; working-day SLAs count {hours}, weekends {weekends}, no holidays"
+    return (
+        f"Calendar: working hours {hours}, weekends {weekends}; {len(section.holidays)} holidays"
+        f" and {len(section.working_days)} transferred working days in the file"
+    )
+
+
 def routing_summary(routing: Routing, locale: Locale = "en") -> str:
     """Human-readable overview of the routing for `python -m bot check-config`."""
     coordinators = routing.coordinators
@@ -494,8 +799,13 @@ def routing_summary(routing: Routing, locale: Locale = "en") -> str:
         f"Default locale: {routing.default_locale}",
         f"Ticket hashtag: #{routing.ticket_prefix}123",
         f"Coordinators chat: {coordinators.chat_id} (locale {routing.coordinators_locale()})",
-        f"Agencies ({len(routing.agencies)}), categories ({len(routing.categories)}):",
+        _calendar_line(routing),
     ]
+    if routing.default_sla is not None:
+        lines.append(f"Default SLA: {routing.default_sla}")
+    built_in = "" if "default_remind_before" in routing.model_fields_set else " (built in)"
+    lines.append(f"Default reminder: {routing.default_remind_before} before the deadline{built_in}")
+    lines.append(f"Agencies ({len(routing.agencies)}), categories ({len(routing.categories)}):")
     for agency in routing.agencies:
         lines.append(
             f"  {agency.id}: {agency.title_in(locale)} "
@@ -506,9 +816,9 @@ def routing_summary(routing: Routing, locale: Locale = "en") -> str:
             lines.append("    (no categories)")
         for category in categories:
             emoji = f"{category.emoji} " if category.emoji else ""
-            lines.append(
-                f"    {emoji}{category.id}: {category.title_in(locale)}, SLA {format_duration(category.sla)}"
-            )
+            lead = category.remind_before
+            remind = f", reminder {lead} before" if lead is not None else ""
+            lines.append(f"    {emoji}{category.id}: {category.title_in(locale)}, SLA {category.sla}{remind}")
     warnings = routing.warnings()
     if warnings:
         lines.append(f"Warnings ({len(warnings)}):")

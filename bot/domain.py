@@ -64,6 +64,10 @@ class EventKind(enum.StrEnum):
     reopened = "reopened"
     rejected = "rejected"
     transferred = "transferred"
+    reminded = "reminded"
+    overdue = "overdue"
+    auto_closed = "auto_closed"
+    closed_no_answer = "closed_no_answer"
 
 
 class MediaKind(enum.StrEnum):
@@ -117,6 +121,11 @@ class Ticket:
     resolved_at: datetime | None = None
     closed_at: datetime | None = None
     rating: int | None = None
+    remind_at: datetime | None = None
+    next_alert_at: datetime | None = None
+    overdue_level: int = 0
+    waiting_since: datetime | None = None
+    next_update_at: datetime | None = None
 
     @property
     def location(self) -> Location | None:

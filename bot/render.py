@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import cast
 
 from bot.config import Locale, Routing
@@ -26,6 +26,15 @@ class Renderer:
 
     def local_time(self, when: datetime) -> str:
         return when.astimezone(self.routing.timezone).strftime("%d.%m.%Y %H:%M")
+
+    def duration(self, locale: str, delta: timedelta) -> str:
+        """A length of time in its two largest units, e.g. "2 д 5 ч", rounded down to minutes."""
+        minutes = max(int(delta.total_seconds() // 60), 0)
+        days, rest = divmod(minutes, 24 * 60)
+        hours, minutes = divmod(rest, 60)
+        units = (("duration.days", days), ("duration.hours", hours), ("duration.minutes", minutes))
+        parts = [self.t.plural(locale, key, amount) for key, amount in units if amount][:2]
+        return " ".join(parts) or self.t.plural(locale, "duration.minutes", 0)
 
     def status(self, locale: str, status: TicketStatus) -> str:
         return self.t.get(locale, f"status.{status.value}")

@@ -29,7 +29,6 @@ from bot.domain import (
 from bot.i18n import Html, Translator
 from bot.messages import Button, Outgoing, Ref, draft_from_json, feedback
 from bot.render import Renderer
-from bot.sla import deadline
 
 STAFF_PLATFORM = Platform.telegram
 
@@ -48,7 +47,15 @@ class Staff:
 
 
 class TicketService:
-    def __init__(self, outbox: Outbox, routing: Routing, translator: Translator) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        routing: Routing,
+        translator: Translator,
+        *,
+        citizen_update_every: timedelta | None = None,
+    ) -> None:
+        self.citizen_update_every = citizen_update_every
         self.outbox = outbox
         self.routing = routing
         self.t = translator
@@ -84,7 +91,7 @@ class TicketService:
                 STAFF_PLATFORM,
                 chat_id,
                 Outgoing(
-                    self.render.timeline(self._chat_locale(chat_id), ticket, events),
+                    self.render.timeline(self.chat_locale(chat_id), ticket, events),
                     reply_to=Ref(message_id=reply_to),
                     link_ticket_id=ticket.id,
                     link_role="history",
@@ -109,6 +116,7 @@ class TicketService:
             if draft is None or draft.category_id is None or not draft.text:
                 return None
             category = self.routing.category(draft.category_id)
+            due_at = self.routing.deadline(category.id, u.now)
             ticket = await u.repo.insert_ticket(
                 citizen_id=citizen.id,
                 category_id=category.id,
@@ -120,7 +128,10 @@ class TicketService:
                 address=draft.address,
                 created_at=u.now,
                 updated_at=u.now,
-                due_at=deadline(u.now, category.sla),
+                due_at=due_at,
+                remind_at=self.routing.reminder_at(category.id, u.now, due_at),
+                next_alert_at=due_at,
+                next_update_at=u.now + every if (every := self.citizen_update_every) else None,
             )
             await u.repo.add_media(ticket.id, draft.photos, "citizen", u.now)
             await u.repo.add_event(ticket.id, EventKind.created, f"citizen:{citizen.id}", {}, u.now)
@@ -143,7 +154,7 @@ class TicketService:
                 ),
                 ticket_id=ticket.id,
             )
-            await self._post_card(u, ticket, self._agency_chat(ticket.agency_id), draft.photos)
+            await self._post_card(u, ticket, self.agency_chat(ticket.agency_id), draft.photos)
             return ticket
 
     async def citizen_message(
@@ -162,16 +173,24 @@ class TicketService:
                 ticket.id, EventKind.citizen_message, f"citizen:{citizen.id}", {"text": text}, u.now
             )
             if ticket.status is TicketStatus.need_info:
-                waited = await self._waited_for_citizen(u, ticket)
+                # The clock stood still while the ticket waited: every promise moves on by that much.
+                waited = u.now - (ticket.waiting_since or u.now)
                 ticket = await u.repo.update_ticket(
                     ticket.id,
                     status=TicketStatus.in_progress.value,
                     due_at=ticket.due_at + waited,
+                    remind_at=ticket.remind_at + waited if ticket.remind_at else None,
+                    next_alert_at=(
+                        ticket.due_at + waited
+                        if ticket.overdue_level == 0 or ticket.next_alert_at is None
+                        else ticket.next_alert_at + waited
+                    ),
+                    waiting_since=None,
                     updated_at=u.now,
                 )
-                await self._refresh_cards(u, ticket)
-            chat_id = self._agency_chat(ticket.agency_id)
-            locale = self._chat_locale(chat_id)
+                await self.refresh_cards(u, ticket)
+            chat_id = self.agency_chat(ticket.agency_id)
+            locale = self.chat_locale(chat_id)
             await u.send(
                 STAFF_PLATFORM,
                 chat_id,
@@ -187,7 +206,7 @@ class TicketService:
                 ),
                 ticket_id=ticket.id,
             )
-            await self._tell_citizen(u, citizen, ticket, "citizen.message_added", role="ack")
+            await self.tell_citizen(u, citizen, ticket, "citizen.message_added", role="ack")
             return ticket
 
     async def answer_feedback(self, citizen: Citizen, ticket_id: int, solved: bool) -> str:
@@ -203,16 +222,16 @@ class TicketService:
                     ticket.id, status=TicketStatus.closed.value, closed_at=u.now, updated_at=u.now
                 )
                 await u.repo.add_event(ticket.id, EventKind.confirmed, f"citizen:{citizen.id}", {}, u.now)
-                await self._tell_citizen(u, citizen, ticket, "citizen.thanks")
-                await self._tell_agency(u, ticket, "agency.confirmed")
+                await self.tell_citizen(u, citizen, ticket, "citizen.thanks")
+                await self.tell_agency(u, ticket, "agency.confirmed")
             else:
                 ticket = await u.repo.update_ticket(
                     ticket.id, status=TicketStatus.in_progress.value, resolved_at=None, updated_at=u.now
                 )
                 await u.repo.add_event(ticket.id, EventKind.reopened, f"citizen:{citizen.id}", {}, u.now)
-                await self._tell_citizen(u, citizen, ticket, "citizen.reopened")
-                await self._tell_agency(u, ticket, "agency.reopened")
-            await self._refresh_cards(u, ticket)
+                await self.tell_citizen(u, citizen, ticket, "citizen.reopened")
+                await self.tell_agency(u, ticket, "agency.reopened")
+            await self.refresh_cards(u, ticket)
             await u.send(
                 citizen.platform,
                 citizen.external_id,
@@ -236,7 +255,7 @@ class TicketService:
                 return
             ticket = await u.repo.ticket(ticket_id)
             if ticket.citizen_id == citizen.id:
-                await self._tell_agency(
+                await self.tell_agency(
                     u,
                     ticket,
                     "agency.citizen_unreachable",
@@ -255,7 +274,7 @@ class TicketService:
         async with self.outbox.unit() as u:
             ticket = await self._ticket_for_staff(u, ticket_id, staff)
             if ticket.status is not seen:
-                await self._refresh_cards(u, ticket)
+                await self.refresh_cards(u, ticket)
                 return "toast.stale"
             check_action(ticket.status, Action.take)
             ticket = await u.repo.update_ticket(
@@ -265,9 +284,9 @@ class TicketService:
                 updated_at=u.now,
             )
             await u.repo.add_event(ticket.id, EventKind.taken, staff.actor, {"by": staff.name}, u.now)
-            await self._refresh_cards(u, ticket)
+            await self.refresh_cards(u, ticket)
             citizen = await u.repo.citizen(ticket.citizen_id)
-            await self._tell_citizen(
+            await self.tell_citizen(
                 u,
                 citizen,
                 ticket,
@@ -281,7 +300,7 @@ class TicketService:
         async with self.outbox.unit() as u:
             ticket = await self._ticket_for_staff(u, ticket_id, staff)
             if ticket.status is not seen:
-                await self._refresh_cards(u, ticket)
+                await self.refresh_cards(u, ticket)
                 return "toast.stale"
             await self.prompt_in(u, ticket, staff, action)
             return "toast.reply_with_text"
@@ -292,10 +311,10 @@ class TicketService:
         async with self.outbox.unit() as u:
             ticket = await self._ticket_for_staff(u, ticket_id, staff)
             if ticket.status is not seen:
-                await self._refresh_cards(u, ticket)
+                await self.refresh_cards(u, ticket)
                 return "toast.stale"
             check_action(ticket.status, Action.transfer)
-            locale = self._chat_locale(staff.chat_id)
+            locale = self.chat_locale(staff.chat_id)
             await u.send(
                 STAFF_PLATFORM,
                 staff.chat_id,
@@ -312,7 +331,7 @@ class TicketService:
     async def restore_card(self, ticket_id: int, staff: Staff) -> str:
         async with self.outbox.unit() as u:
             ticket = await self._ticket_for_staff(u, ticket_id, staff)
-            await self._refresh_cards(u, ticket)
+            await self.refresh_cards(u, ticket)
             return "toast.ok"
 
     async def transfer(self, ticket_id: int, staff: Staff, agency_id: str) -> str:
@@ -322,8 +341,8 @@ class TicketService:
             check_action(ticket.status, Action.transfer)
             if target.id == ticket.agency_id:
                 return "toast.stale"
-            old_chat = self._agency_chat(ticket.agency_id)
-            old_locale = self._chat_locale(old_chat)
+            old_chat = self.agency_chat(ticket.agency_id)
+            old_locale = self.chat_locale(old_chat)
             ticket = await u.repo.update_ticket(
                 ticket.id, agency_id=target.id, status=TicketStatus.new.value, updated_at=u.now
             )
@@ -353,8 +372,8 @@ class TicketService:
                 ticket_id=ticket.id,
             )
             await self._post_card(u, ticket, target.chat_id, photos)
-            await self._refresh_cards(u, ticket, skip={target.chat_id, old_chat})
-            await self._tell_citizen(
+            await self.refresh_cards(u, ticket, skip={target.chat_id, old_chat})
+            await self.tell_citizen(
                 u,
                 citizen,
                 ticket,
@@ -395,7 +414,7 @@ class TicketService:
 
     async def prompt_in(self, u: Unit, ticket: Ticket, staff: Staff, action: Action) -> None:
         check_action(ticket.status, action)
-        locale = self._chat_locale(staff.chat_id)
+        locale = self.chat_locale(staff.chat_id)
         await u.send(
             STAFF_PLATFORM,
             staff.chat_id,
@@ -433,7 +452,7 @@ class TicketService:
         if ticket.first_response_at is None:
             ticket = await u.repo.update_ticket(ticket.id, first_response_at=u.now, updated_at=u.now)
         citizen = await u.repo.citizen(ticket.citizen_id)
-        await self._tell_citizen(
+        await self.tell_citizen(
             u,
             citizen,
             ticket,
@@ -465,7 +484,11 @@ class TicketService:
         buttons: list[list[Button]] = []
         if action is Action.need_info:
             ticket = await u.repo.update_ticket(
-                ticket.id, status=TicketStatus.need_info.value, first_response_at=first, updated_at=u.now
+                ticket.id,
+                status=TicketStatus.need_info.value,
+                first_response_at=first,
+                waiting_since=u.now,
+                updated_at=u.now,
             )
             kind, notice, role, ack = EventKind.info_requested, "citizen.question", "question", "staff.asked"
         elif action is Action.resolve:
@@ -493,7 +516,7 @@ class TicketService:
             )
             kind, notice, role, ack = EventKind.rejected, "citizen.rejected", "rejected", "staff.rejected"
         await u.repo.add_event(ticket.id, kind, staff.actor, payload, u.now)
-        await self._tell_citizen(
+        await self.tell_citizen(
             u,
             citizen,
             ticket,
@@ -504,7 +527,7 @@ class TicketService:
             agency=agency,
             text=text or "—",
         )
-        await self._refresh_cards(u, ticket)
+        await self.refresh_cards(u, ticket)
         await self._ack(u, ticket, staff, ack, message_id)
 
     # -- helpers
@@ -522,27 +545,20 @@ class TicketService:
 
     def _authorize(self, ticket: Ticket, chat_id: int) -> None:
         """Authority comes from the chat: the ticket's agency chat or the coordinators' chat."""
-        if chat_id != self._agency_chat(ticket.agency_id) and not self.routing.is_coordinators_chat(chat_id):
+        if chat_id != self.agency_chat(ticket.agency_id) and not self.routing.is_coordinators_chat(chat_id):
             raise NotAllowedHere(f"chat {chat_id} has no authority over ticket {ticket.id}")
 
-    def _agency_chat(self, agency_id: str) -> int:
+    def agency_chat(self, agency_id: str) -> int:
         return self.routing.agency(agency_id).chat_id
 
-    def _chat_locale(self, chat_id: int) -> str:
+    def chat_locale(self, chat_id: int) -> str:
         agency = self.routing.agency_by_chat(chat_id)
         if agency is not None:
             return self.routing.agency_locale(agency)
         return self.routing.coordinators_locale()
 
-    async def _waited_for_citizen(self, u: Unit, ticket: Ticket) -> timedelta:
-        asked_at = max(
-            (e.created_at for e in await u.repo.events(ticket.id) if e.kind is EventKind.info_requested),
-            default=u.now,
-        )
-        return max(u.now - asked_at, timedelta(0))
-
     async def _post_card(self, u: Unit, ticket: Ticket, chat_id: int, photos: Sequence[Attachment]) -> None:
-        locale = self._chat_locale(chat_id)
+        locale = self.chat_locale(chat_id)
         await u.send(
             STAFF_PLATFORM,
             chat_id,
@@ -557,11 +573,11 @@ class TicketService:
             ticket_id=ticket.id,
         )
 
-    async def _refresh_cards(
+    async def refresh_cards(
         self, u: Unit, ticket: Ticket, skip: frozenset[int] | set[int] = frozenset()
     ) -> None:
         """Make every card of the ticket show its current status and the buttons that status allows."""
-        chats = [self._agency_chat(ticket.agency_id)]
+        chats = [self.agency_chat(ticket.agency_id)]
         coordinators = self.routing.coordinators.chat_id
         if await u.repo.latest_linked_message(ticket.id, STAFF_PLATFORM, coordinators, "card") is not None:
             chats.append(coordinators)
@@ -569,7 +585,7 @@ class TicketService:
         for chat_id in chats:
             if chat_id in skip:
                 continue
-            locale = self._chat_locale(chat_id)
+            locale = self.chat_locale(chat_id)
             await u.send(
                 STAFF_PLATFORM,
                 chat_id,
@@ -581,7 +597,7 @@ class TicketService:
                 ticket_id=ticket.id,
             )
 
-    async def _tell_citizen(
+    async def tell_citizen(
         self,
         u: Unit,
         citizen: Citizen,
@@ -608,13 +624,15 @@ class TicketService:
             ticket_id=ticket.id,
         )
 
-    async def _tell_agency(self, u: Unit, ticket: Ticket, key: str, dedupe_key: str | None = None) -> None:
-        chat_id = self._agency_chat(ticket.agency_id)
+    async def tell_agency(
+        self, u: Unit, ticket: Ticket, key: str, dedupe_key: str | None = None, **params: object
+    ) -> None:
+        chat_id = self.agency_chat(ticket.agency_id)
         await u.send(
             STAFF_PLATFORM,
             chat_id,
             Outgoing(
-                self.t.render(self._chat_locale(chat_id), key, tag=self.render.tag(ticket)),
+                self.t.render(self.chat_locale(chat_id), key, tag=self.render.tag(ticket), **params),
                 reply_to=Ref(ticket_id=ticket.id, role="card"),
                 link_ticket_id=ticket.id,
                 link_role="notice",
@@ -624,7 +642,7 @@ class TicketService:
         )
 
     async def _ack(self, u: Unit, ticket: Ticket, staff: Staff, key: str, message_id: int) -> None:
-        locale = self._chat_locale(staff.chat_id)
+        locale = self.chat_locale(staff.chat_id)
         await u.send(
             STAFF_PLATFORM,
             staff.chat_id,
@@ -638,4 +656,4 @@ class TicketService:
         )
 
     def staff_text(self, chat_id: int, key: str, **params: object) -> Html:
-        return self.t.render(self._chat_locale(chat_id), key, **params)
+        return self.t.render(self.chat_locale(chat_id), key, **params)

@@ -135,6 +135,47 @@ class Repository:
         ).first()
         return _ticket(row) if row else None
 
+    async def due(
+        self, column: str, statuses: Sequence[TicketStatus], until: datetime, limit: int
+    ) -> list[Ticket]:
+        """Tickets in `statuses` whose `column` time has come, oldest first: one indexed range scan."""
+        moment = tickets.c[column]
+        rows = await self.conn.execute(
+            sa.select(tickets)
+            .where(tickets.c.status.in_([s.value for s in statuses]), moment <= until)
+            .order_by(moment, tickets.c.id)
+            .limit(limit)
+        )
+        return [_ticket(r) for r in rows]
+
+    async def digest_counts(self, since: datetime, now: datetime) -> list[sa.Row[Any]]:
+        """Per agency: filed and resolved since `since`, open now, overdue now."""
+        open_statuses = [s.value for s in TicketStatus if s.is_open and s is not TicketStatus.resolved]
+        working = [TicketStatus.new.value, TicketStatus.in_progress.value]
+        query = (
+            sa.select(
+                tickets.c.agency_id,
+                sa.func.sum(sa.case((tickets.c.created_at >= since, 1), else_=0)).label("new"),
+                sa.func.sum(sa.case((tickets.c.resolved_at >= since, 1), else_=0)).label("resolved"),
+                sa.func.sum(sa.case((tickets.c.status.in_(open_statuses), 1), else_=0)).label("open"),
+                sa.func.sum(
+                    sa.case((sa.and_(tickets.c.status.in_(working), tickets.c.due_at <= now), 1), else_=0)
+                ).label("overdue"),
+            )
+            .where(
+                sa.or_(
+                    tickets.c.created_at >= since,
+                    tickets.c.resolved_at >= since,
+                    tickets.c.status.in_(open_statuses),
+                )
+            )
+            .group_by(tickets.c.agency_id)
+        )
+        return list(await self.conn.execute(query))
+
+    async def longest_overdue(self, now: datetime, limit: int) -> list[Ticket]:
+        return await self.due("due_at", (TicketStatus.new, TicketStatus.in_progress), now, limit)
+
     # media
 
     async def add_media(
@@ -444,4 +485,9 @@ def _ticket(row: sa.Row[Any]) -> Ticket:
         resolved_at=row.resolved_at,
         closed_at=row.closed_at,
         rating=row.rating,
+        remind_at=row.remind_at,
+        next_alert_at=row.next_alert_at,
+        overdue_level=row.overdue_level,
+        waiting_since=row.waiting_since,
+        next_update_at=row.next_update_at,
     )

@@ -74,7 +74,20 @@ tickets = sa.Table(
     sa.Column("closed_at", UTCDateTime),
     sa.Column("reminder_level", sa.Integer, nullable=False, server_default="0"),
     sa.Column("rating", sa.Integer),
+    # The scheduler's bookkeeping: when each promise falls due next (NULL: nothing owed). Each scan reads
+    # only rows whose time has come, through the (status, time) indexes below.
+    sa.Column("remind_at", UTCDateTime),
+    sa.Column("next_alert_at", UTCDateTime),
+    sa.Column("overdue_level", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("waiting_since", UTCDateTime),
+    sa.Column("next_update_at", UTCDateTime),
     sa.Index("ix_tickets_status_due_at", "status", "due_at"),
+    sa.Index("ix_tickets_status_remind_at", "status", "remind_at"),
+    sa.Index("ix_tickets_status_next_alert_at", "status", "next_alert_at"),
+    sa.Index("ix_tickets_status_next_update_at", "status", "next_update_at"),
+    sa.Index("ix_tickets_status_resolved_at", "status", "resolved_at"),
+    sa.Index("ix_tickets_status_waiting_since", "status", "waiting_since"),
+    sa.Index("ix_tickets_created_at", "created_at"),
 )
 
 ticket_media = sa.Table(

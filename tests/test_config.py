@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import SecretStr
@@ -20,6 +21,7 @@ from bot.config import (
     parse_routing,
     routing_summary,
 )
+from bot.sla import RemindBefore, Sla, WorkingCalendar
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "routing.example.toml"
@@ -264,7 +266,10 @@ def test_valid_routing() -> None:
     assert routing.ticket_prefix == "T"
     assert [a.id for a in routing.agencies] == ["roads", "housing"]
     assert [c.id for c in routing.categories] == ["potholes", "heating"]
-    assert routing.category("potholes").sla == timedelta(days=3)
+    assert routing.category("potholes").sla == Sla.elapsed(timedelta(days=3))
+    assert routing.category("potholes").remind_before == RemindBefore.percent(25), "the built-in default"
+    assert routing.default_sla is None
+    assert routing.default_remind_before == RemindBefore.percent(25)
     assert routing.category("heating").emoji == ""
     assert routing.agency("housing").name["en"] == "Housing"
 
@@ -322,9 +327,27 @@ def test_example_file_loads() -> None:
     assert routing.warnings() == ()
     for category in routing.categories:
         assert category.emoji
-        assert timedelta(hours=1) <= category.sla <= timedelta(days=30)
         for locale in LOCALES:
             assert category.title[locale]
+    slas = {c.id: str(c.sla) for c in routing.categories}
+    assert slas == {
+        "potholes": "10wd",
+        "road_signs": "1d",
+        "heating": "12h",
+        "buildings": "5wd",
+        "garbage": "1d",
+        "illegal_dumps": "5wd",
+        "street_lights": "2d",
+        "transport_routes": "10wd",
+        "bus_stops": "3d",
+        "parks": "10wd",
+        "snow_removal": "1d",
+        "other": "10wd",
+    }
+    assert str(routing.default_sla) == "3d"
+    assert str(routing.default_remind_before) == "25%"
+    assert str(routing.category("heating").remind_before) == "3h"
+    assert str(routing.category("parks").remind_before) == "25%"
 
 
 def test_summary_lists_everything() -> None:
@@ -338,6 +361,13 @@ def test_summary_lists_everything() -> None:
     for category in routing.categories:
         assert category.title["en"] in summary
     assert "SLA 12h" in summary
+    assert "potholes: Potholes, SLA 10wd, reminder 2d before" in summary
+    assert "Default SLA: 3d" in summary
+    assert "Default reminder: 25% before the deadline\n" in summary
+    assert (
+        "Calendar: working hours 09:00-18:00, weekends sat, sun; 18 holidays and 0 transferred working days"
+        " in the file" in summary
+    )
     assert "Warnings" not in summary
     assert "Управление дорожного хозяйства" in routing_summary(routing, "ru")
 
@@ -421,12 +451,134 @@ def test_translation_for_unknown_locale() -> None:
 
 def test_bad_duration() -> None:
     message = routing_error(VALID.replace('sla = "3d"', 'sla = "3x"'))
-    assert 'category "potholes": bad duration "3x": use a number with s, m, h or d' in message
+    assert message == (
+        'routing.toml: category "potholes": bad SLA "3x": use a number with s, m, h or d'
+        " (30s, 15m, 4h, 3d, 1d12h), or with wd or wh for working days or hours (5wd, 8wh)"
+    )
 
 
 def test_numeric_duration() -> None:
     message = routing_error(VALID.replace('sla = "3d"', "sla = 3"))
-    assert 'category "potholes": bad duration "3"' in message
+    assert 'category "potholes": bad SLA "3"' in message
+
+
+def test_zero_working_days() -> None:
+    message = routing_error(VALID.replace('sla = "3d"', 'sla = "0wd"'))
+    assert 'category "potholes": bad SLA "0wd": the number of working days must be positive' in message
+
+
+def test_working_time_slas() -> None:
+    routing = parse_routing(VALID.replace('sla = "3d"', 'sla = "5wd"').replace('sla = "12h"', 'sla = "8wh"'))
+    assert routing.category("potholes").sla == Sla.working_days(5)
+    assert routing.category("heating").sla == Sla.working_hours(8)
+    summary = routing_summary(routing)
+    assert "potholes: Potholes, SLA 5wd" in summary
+    assert "heating: Heating, SLA 8wh" in summary
+
+
+def test_default_sla_fills_categories_without_one() -> None:
+    text = 'default_sla = "2wd"\n' + VALID.replace('sla = "3d"\n', "")
+    routing = parse_routing(text)
+    assert routing.default_sla == Sla.working_days(2)
+    assert routing.category("potholes").sla == Sla.working_days(2)
+    assert routing.category("heating").sla == Sla.elapsed(timedelta(hours=12)), "its own sla wins"
+    assert "Default SLA: 2wd" in routing_summary(routing)
+
+
+def test_sla_missing_without_default() -> None:
+    message = routing_error(VALID.replace('sla = "3d"\n', ""))
+    assert message == (
+        'routing.toml: category "potholes": sla is missing: give the category an sla, '
+        "or set default_sla at the top of the file"
+    )
+
+
+def test_bad_default_sla_is_reported_once() -> None:
+    message = routing_error('default_sla = "3x"\n' + VALID.replace('sla = "3d"\n', ""))
+    assert message.startswith('routing.toml: default_sla: bad SLA "3x": use a number with s, m, h or d')
+    assert "problems" not in message
+    assert "potholes" not in message
+
+
+def test_remind_before_per_category_and_default() -> None:
+    text = 'default_remind_before = "25%"\n' + VALID.replace(
+        'sla = "12h"', 'sla = "12h"\nremind_before = "2h"'
+    )
+    routing = parse_routing(text)
+    assert routing.default_remind_before == RemindBefore.percent(25)
+    assert routing.category("potholes").remind_before == RemindBefore.percent(25)
+    assert routing.category("heating").remind_before == RemindBefore.duration(timedelta(hours=2))
+    summary = routing_summary(routing)
+    assert "Default reminder: 25% before the deadline" in summary
+    assert "potholes: Potholes, SLA 3d, reminder 25% before" in summary
+    assert "heating: Heating, SLA 12h, reminder 2h before" in summary
+
+
+@pytest.mark.parametrize("lead", ["x", "25", "100%", "-1h", "5wd"])
+def test_bad_remind_before_names_the_category(lead: str) -> None:
+    message = routing_error(VALID.replace('sla = "12h"', f'sla = "12h"\nremind_before = "{lead}"'))
+    assert message.startswith(
+        f'routing.toml: category "heating": remind_before: bad reminder lead "{lead}": '
+    )
+
+
+def test_bad_default_remind_before_is_reported_once() -> None:
+    message = routing_error('default_remind_before = "soon"\n' + VALID)
+    assert message.startswith('routing.toml: default_remind_before: bad reminder lead "soon": ')
+    assert "problems" not in message
+
+
+def test_lead_not_shorter_than_the_sla_is_a_warning() -> None:
+    routing = parse_routing(VALID.replace('sla = "12h"', 'sla = "12h"\nremind_before = "12h"'))
+    assert routing.warnings() == (
+        'category "heating": remind_before 12h is not shorter than its SLA 12h, '
+        "so no reminder will ever be sent",
+    )
+
+
+def test_routing_deadline_and_reminder() -> None:
+    text = VALID.replace('sla = "3d"', 'sla = "5wd"\nremind_before = "1d"').replace(
+        'sla = "12h"', 'sla = "12h"\nremind_before = "25%"'
+    )
+    routing = parse_routing(text)
+    # Monday 2 March 2026, 10:00 in Moscow (UTC+3); no [calendar]: Mon-Fri 09:00-18:00.
+    opened = datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
+    due = routing.deadline("potholes", opened)
+    assert due == datetime(2026, 3, 9, 15, 0, tzinfo=UTC)
+    assert due.tzinfo is UTC
+    assert routing.reminder_at("potholes", opened, due) == datetime(2026, 3, 8, 15, 0, tzinfo=UTC)
+    heating_due = routing.deadline("heating", opened)
+    assert heating_due == datetime(2026, 3, 2, 19, 0, tzinfo=UTC)
+    assert routing.reminder_at("heating", opened, heating_due) == datetime(2026, 3, 2, 16, 0, tzinfo=UTC)
+    with pytest.raises(KeyError):
+        routing.deadline("nothing", opened)
+
+
+def test_reminders_default_to_a_quarter_of_the_time() -> None:
+    routing = parse_routing(VALID)
+    opened = datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
+    assert routing.reminder_at("potholes", opened, routing.deadline("potholes", opened)) == datetime(
+        2026, 3, 4, 13, 0, tzinfo=UTC
+    )
+    assert "Default reminder: 25% before the deadline (built in)" in routing_summary(routing)
+
+
+@pytest.mark.parametrize("lead", ["0", "0s", "0%"])
+def test_a_zero_lead_turns_reminders_off(lead: str) -> None:
+    routing = parse_routing(f'default_remind_before = "{lead}"\n' + VALID)
+    opened = datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
+    assert routing.reminder_at("potholes", opened, routing.deadline("potholes", opened)) is None
+    assert routing.reminder_at("heating", opened, routing.deadline("heating", opened)) is None
+
+
+def test_default_calendar_without_a_section() -> None:
+    routing = parse_routing(VALID)
+    assert routing.calendar_section is None
+    assert routing.calendar == WorkingCalendar(ZoneInfo("Europe/Moscow"))
+    assert (
+        "Calendar: none in the file; working-day SLAs count 09:00-18:00, weekends sat, sun, no holidays"
+        in routing_summary(routing)
+    )
 
 
 def test_unknown_timezone() -> None:
@@ -517,11 +669,25 @@ def test_routing_built_in_python() -> None:
             "coordinators": {"chat_id": 1},
             "agencies": [{"id": "a", "name": {"ru": "А", "en": "A"}, "chat_id": 2}],
             "categories": [
-                {"id": "c", "title": {"ru": "В", "en": "C"}, "agency": "a", "sla": timedelta(hours=2)}
+                {"id": "c", "title": {"ru": "В", "en": "C"}, "agency": "a", "sla": timedelta(hours=2)},
+                {"id": "d", "title": {"ru": "Г", "en": "D"}, "agency": "a", "sla": Sla.working_days(3)},
             ],
+            "default_remind_before": timedelta(minutes=30),
+            "calendar": {"working_hours": "08:00-17:00"},
         }
     )
-    assert routing.category("c").sla == timedelta(hours=2)
+    assert routing.category("c").sla == Sla.elapsed(timedelta(hours=2))
+    assert routing.category("d").sla == Sla.working_days(3)
+    assert routing.category("d").remind_before == RemindBefore.duration(timedelta(minutes=30))
+    assert routing.calendar.end.hour == 17
+
+
+def test_routing_dumps_to_what_it_reads() -> None:
+    routing = load_routing(EXAMPLE)
+    dumped = routing.model_dump(by_alias=True)
+    assert dumped["categories"][0]["sla"] == "10wd"
+    assert dumped["categories"][0]["remind_before"] == "2d"
+    assert Routing.model_validate(dumped) == routing
 
 
 def test_channels_need_at_least_one_and_vk_needs_both_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("bot", "handlers")
 KEY = re.compile(
     r"^(status|button|prompt|event|actor|command|language|error|toast|dialog|citizen|card|agency|staff"
-    r"|history|ticket)\.[a-z_]+$"
+    r"|history|ticket|coordinators|digest|duration)\.[a-z_]+$"
 )
 NPLURALS = {"ru": 3, "en": 2}
 
@@ -40,24 +40,36 @@ KEY_CALLS: dict[str, frozenset[str]] = {
     "plural": frozenset({"count"}),
     "_say": frozenset(),
     "_say_in": frozenset(),
-    "_tell_citizen": frozenset({"tag"}),
-    "_tell_agency": frozenset({"tag"}),
+    "tell_citizen": frozenset({"tag"}),
+    "tell_agency": frozenset({"tag"}),
     "_ack": frozenset({"tag"}),
     "notice": frozenset(),
     "staff_text": frozenset(),
     "_menu": frozenset({"name"}),
 }
 # Keyword arguments of those calls that are their own options, not text parameters.
-CALL_OPTIONS: dict[str, frozenset[str]] = {"_tell_citizen": frozenset({"photos", "role", "buttons"})}
+CALL_OPTIONS: dict[str, frozenset[str]] = {
+    "tell_citizen": frozenset({"photos", "role", "buttons"}),
+    "tell_agency": frozenset({"dedupe_key"}),
+}
 # Keys that reach a call through a variable; what that call passes them.
 INDIRECT: dict[str, frozenset[str]] = {
-    # TicketService._apply: `kind, notice, role, ack = ...` then _tell_citizen(..., agency=, text=), _ack.
+    # TicketService._apply: `kind, notice, role, ack = ...` then tell_citizen(..., agency=, text=), _ack.
     "citizen.question": frozenset({"tag", "agency", "text"}),
     "citizen.resolved": frozenset({"tag", "agency", "text"}),
     "citizen.rejected": frozenset({"tag", "agency", "text"}),
     "staff.asked": frozenset({"tag"}),
     "staff.resolved": frozenset({"tag"}),
     "staff.rejected": frozenset({"tag"}),
+    # Deadlines._close: tell_citizen(f"citizen.{key}") and tell_agency(f"agency.{key}").
+    "citizen.auto_closed": frozenset({"tag"}),
+    "agency.auto_closed": frozenset({"tag"}),
+    "citizen.no_answer": frozenset({"tag"}),
+    "agency.no_answer": frozenset({"tag"}),
+    # Renderer.duration: plural(f"duration.{unit}").
+    "duration.days": frozenset({"count"}),
+    "duration.hours": frozenset({"count"}),
+    "duration.minutes": frozenset({"count"}),
     # TicketService._reply: `ack = "agency.citizen_unreachable" if ... else "staff.reply_sent"`, then _ack.
     "staff.reply_sent": frozenset({"tag"}),
     # CitizenDialog._feed: notes said with limit=.
@@ -343,6 +355,7 @@ def test_plural_forms_header_and_entries(locale: str) -> None:
     assert str(cat.locale) == locale
     assert cat.charset.lower() == "utf-8"
     plural_calls = {k for k, found in call_sites().items() if any("count" in s for s in found)}
+    plural_calls |= {k for k, given in INDIRECT.items() if "count" in given}
     for key, value in entries(locale).items():
         if key in plural_calls:
             assert isinstance(value, tuple), f"{locale}: {key} is read with plural() but has no plural forms"
