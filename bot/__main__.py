@@ -30,14 +30,21 @@ class RedactSecrets(logging.Filter):
     def __init__(self, secrets: Sequence[str]) -> None:
         super().__init__()
         self.secrets = [s for s in secrets if s]
+        self._formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if any(secret in message for secret in self.secrets):
-            for secret in self.secrets:
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, None
+            record.msg, record.args = self.redact(message), None
+        if record.exc_info and not record.exc_text:
+            # A traceback can quote a request URL, and the Telegram token is part of every one.
+            record.exc_text = self.redact(self._formatter.formatException(record.exc_info))
         return True
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
 
 
 def configure_logging(settings: Settings) -> None:

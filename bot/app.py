@@ -119,7 +119,9 @@ class App:
         self.dispatcher = Dispatcher(
             tickets=self.tickets, dialog=self.dialog, outbox=self.outbox, routing=self.routing
         )
-        self.dispatcher.include_routers(*get_routers(self.routing, self.settings.album_wait_seconds))
+        self.dispatcher.include_routers(
+            *get_routers(self.routing, self.settings.album_wait_seconds, self.tickets.chats)
+        )
         allowed = sorted(self.dispatcher.resolve_used_update_types())
         return DurablePolling(
             bot,
@@ -137,6 +139,8 @@ class App:
         ]
 
     async def start(self) -> None:
+        async with self.outbox.read() as repo:
+            await self.tickets.chats.load(repo)
         described = []
         if self.bot is not None:
             me = await self.bot.get_me()

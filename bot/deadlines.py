@@ -104,7 +104,7 @@ class Deadlines:
     async def _alert_coordinators(self, u: Unit, alerted: list[tuple[Ticket, int]], now: datetime) -> None:
         if not alerted:
             return
-        chat_id = self.routing.coordinators.chat_id
+        chat_id = self.tickets.chats.coordinators_chat
         locale = self.tickets.chat_locale(chat_id)
         lines: list[str] = [
             self.t.render(
@@ -235,7 +235,7 @@ class Deadlines:
             if await u.repo.cursor("digest") == today:
                 return 0
             await u.repo.save_cursor("digest", today, now)
-            chat_id = self.routing.coordinators.chat_id
+            chat_id = self.tickets.chats.coordinators_chat
             locale = self.tickets.chat_locale(chat_id)
             counts = {row.agency_id: row for row in await u.repo.digest_counts(now - timedelta(days=1), now)}
             lines: list[str] = [self.t.render(locale, "digest.header", date=local.strftime("%d.%m.%Y"))]

@@ -10,6 +10,7 @@ import asyncio
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from bot.config import Routing
 from bot.delivery.outbox import Outbox, Unit
@@ -55,6 +56,7 @@ class CitizenInput:
 class Limits:
     max_text: int = 3500
     max_photos: int = 10
+    reports_per_hour: int = 0  # 0: no limit
 
 
 class CitizenDialog:
@@ -138,6 +140,8 @@ class CitizenDialog:
             return
         if draft is not None and draft.step == "confirm" and incoming.text and not incoming.photos:
             await self._say(who, citizen, "dialog.confirm_hint")
+            return
+        if draft is None and await self._refuse_over_limit(who, citizen):
             return
         await self._feed(who, citizen, draft or Draft(), incoming)
 
@@ -297,6 +301,8 @@ class CitizenDialog:
                 await self._close_keyboard(u, who, message_id)
                 await self._advance(u, who, citizen, draft)
             return ""
+        if await self._refuse_over_limit(who, citizen):
+            return self.t.get(locale, "toast.limit")
         ticket = await self.tickets.open_ticket(citizen, who.chat_id)
         if ticket is None:
             return self.t.get(locale, "toast.nothing_to_confirm")
@@ -337,6 +343,8 @@ class CitizenDialog:
             await self._menu(u, who, citizen, "dialog.help")
 
     async def _new(self, who: Person, citizen: Citizen) -> None:
+        if await self._refuse_over_limit(who, citizen):
+            return
         async with self.outbox.unit() as u:
             await self._advance(u, who, citizen, Draft())
 
@@ -408,6 +416,18 @@ class CitizenDialog:
             await self._menu(u, who, updated, "dialog.language_set")
 
     # -- helpers
+
+    async def _refuse_over_limit(self, who: Person, citizen: Citizen) -> bool:
+        """At most `reports_per_hour` new reports per citizen: a flood is answered, not filed."""
+        limit = self.limits.reports_per_hour
+        if not limit:
+            return False
+        async with self.outbox.read() as repo:
+            recent = await repo.tickets_filed_since(citizen.id, self.outbox.clock.now() - timedelta(hours=1))
+        if recent < limit:
+            return False
+        await self._say(who, citizen, "dialog.too_many_reports", limit=limit)
+        return True
 
     async def _citizen(self, who: Person) -> Citizen:
         async with self.outbox.read() as repo:

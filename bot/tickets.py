@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from bot.chats import ChatDirectory
 from bot.config import Routing
 from bot.delivery.outbox import Outbox, Unit
 from bot.domain import (
@@ -60,6 +61,7 @@ class TicketService:
         self.routing = routing
         self.t = translator
         self.render = Renderer(translator, routing)
+        self.chats = ChatDirectory(routing)
 
     # -- reading
 
@@ -262,6 +264,14 @@ class TicketService:
                     dedupe_key=f"unreachable:{ticket.id}:{since.isoformat()}",
                 )
 
+    async def chat_migrated(self, platform: Platform, old: int, new: int) -> None:
+        """A group became a supergroup: remember where it went, so routing follows it after restarts."""
+        if platform is not STAFF_PLATFORM or not self.chats.is_staff_chat(old):
+            return
+        async with self.outbox.unit() as u:
+            await self.chats.remember(u.repo, old, new, u.now)
+            await u.repo.outbox_move_chat(platform, old, new)
+
     async def citizen_reachable(self, platform: Platform, external_id: int) -> None:
         async with self.outbox.unit() as u:
             citizen = await u.repo.citizen_by_external(platform, external_id)
@@ -371,8 +381,9 @@ class TicketService:
                 ),
                 ticket_id=ticket.id,
             )
-            await self._post_card(u, ticket, target.chat_id, photos)
-            await self.refresh_cards(u, ticket, skip={target.chat_id, old_chat})
+            new_chat = self.agency_chat(target.id)
+            await self._post_card(u, ticket, new_chat, photos)
+            await self.refresh_cards(u, ticket, skip={new_chat, old_chat})
             await self.tell_citizen(
                 u,
                 citizen,
@@ -545,17 +556,14 @@ class TicketService:
 
     def _authorize(self, ticket: Ticket, chat_id: int) -> None:
         """Authority comes from the chat: the ticket's agency chat or the coordinators' chat."""
-        if chat_id != self.agency_chat(ticket.agency_id) and not self.routing.is_coordinators_chat(chat_id):
+        if chat_id != self.agency_chat(ticket.agency_id) and not self.chats.is_coordinators(chat_id):
             raise NotAllowedHere(f"chat {chat_id} has no authority over ticket {ticket.id}")
 
     def agency_chat(self, agency_id: str) -> int:
-        return self.routing.agency(agency_id).chat_id
+        return self.chats.agency_chat(agency_id)
 
     def chat_locale(self, chat_id: int) -> str:
-        agency = self.routing.agency_by_chat(chat_id)
-        if agency is not None:
-            return self.routing.agency_locale(agency)
-        return self.routing.coordinators_locale()
+        return self.chats.locale(chat_id)
 
     async def _post_card(self, u: Unit, ticket: Ticket, chat_id: int, photos: Sequence[Attachment]) -> None:
         locale = self.chat_locale(chat_id)
@@ -578,7 +586,7 @@ class TicketService:
     ) -> None:
         """Make every card of the ticket show its current status and the buttons that status allows."""
         chats = [self.agency_chat(ticket.agency_id)]
-        coordinators = self.routing.coordinators.chat_id
+        coordinators = self.chats.coordinators_chat
         if await u.repo.latest_linked_message(ticket.id, STAFF_PLATFORM, coordinators, "card") is not None:
             chats.append(coordinators)
         photos = len(await u.repo.media(ticket.id, source="citizen"))

@@ -124,6 +124,14 @@ class Repository:
         )
         return [_ticket(r) for r in rows]
 
+    async def tickets_filed_since(self, citizen_id: int, since: datetime) -> int:
+        value = await self.conn.scalar(
+            sa.select(sa.func.count())
+            .select_from(tickets)
+            .where(tickets.c.citizen_id == citizen_id, tickets.c.created_at >= since)
+        )
+        return int(value or 0)
+
     async def citizen_ticket_waiting_for_info(self, citizen_id: int) -> Ticket | None:
         row = (
             await self.conn.execute(
@@ -427,6 +435,14 @@ class Repository:
     async def cursor(self, name: str) -> str | None:
         value = await self.conn.scalar(sa.select(cursors.c.value).where(cursors.c.name == name))
         return str(value) if value is not None else None
+
+    async def cursors_with_prefix(self, prefix: str) -> list[tuple[str, str]]:
+        rows = await self.conn.execute(
+            sa.select(cursors.c.name, cursors.c.value).where(
+                cursors.c.name.startswith(prefix, autoescape=True)
+            )
+        )
+        return [(r.name, r.value) for r in rows]
 
     async def save_cursor(self, name: str, value: str, now: datetime) -> None:
         await self.conn.execute(cursors.delete().where(cursors.c.name == name))

@@ -80,8 +80,15 @@ async def test_the_real_process_serves_a_citizen_and_stops_cleanly(tmp_path: Pat
     async with FakeTelegram(token=TOKEN, bot_id=123456, bot_username="civicdesk_test_bot") as tg:
         tg.add_user(user_id=77, first_name="Вера", language_code="ru")
         env = clean_env(
-            tmp_path, TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_API_URL=tg.base_url, TELEGRAM_POLLING_TIMEOUT="1"
+            tmp_path,
+            TELEGRAM_BOT_TOKEN=TOKEN,
+            TELEGRAM_API_URL=tg.base_url,
+            TELEGRAM_POLLING_TIMEOUT="1",
+            LOG_LEVEL="DEBUG",
         )
+        # Failures make the libraries log requests and tracebacks: none may show the token.
+        tg.fail_next("sendMessage", error_code=502, times=1)
+        tg.drop_next("sendMessage", times=1)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE
         )
@@ -93,4 +100,6 @@ async def test_the_real_process_serves_a_citizen_and_stops_cleanly(tmp_path: Pat
             process.send_signal(signal.SIGTERM)
             _, err = await asyncio.wait_for(process.communicate(), 30)
         assert process.returncode == 0, err.decode()
-        assert TOKEN not in err.decode()
+        log = err.decode()
+        assert TOKEN not in log and TOKEN.split(":")[1] not in log
+        assert "DEBUG" in log and "Bad Gateway" in log

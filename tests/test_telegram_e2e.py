@@ -352,3 +352,27 @@ async def test_blocking_the_bot_marks_the_citizen_and_writing_again_clears_it(wo
     await world.tg.send_command(ALICE, "/my")  # writing to the bot unblocks it
     await world.says_key(ALICE, "ru", "dialog.my_header")
     assert not await unreachable()
+
+
+async def test_an_agency_group_upgraded_to_a_supergroup_is_followed_and_remembered(world: World) -> None:
+    tg = world.tg
+    first = await world.file_report(ALICE)
+    new_chat = -1002000000010
+    tg.migrate_group(ROADS_CHAT, new_chat)
+    await tg.wait_until(lambda: world.app.tickets.agency_chat("roads") == new_chat)
+    second = await world.file_report(BOB, text="Ещё одна яма")
+    card = await world.card(new_chat, second)
+    # Staff in the supergroup act on tickets of either card, old or new.
+    await tg.press(ROADS_STAFF, card, f"t:take:{second}:new")
+    await world.card_shows(new_chat, second, TicketStatus.in_progress)
+    await tg.send_command(ROADS_STAFF, f"/card {first}", chat_id=new_chat)
+    await world.card(new_chat, first)
+
+    # A restart reads the move back from the database.
+    from bot.chats import ChatDirectory
+
+    directory = ChatDirectory(world.routing)
+    async with world.app.outbox.read() as repo:
+        await directory.load(repo)
+    assert directory.agency_chat("roads") == new_chat
+    assert directory.locale(new_chat) == "ru" and directory.is_staff_chat(new_chat)

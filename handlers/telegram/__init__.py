@@ -2,11 +2,12 @@
 
 from aiogram import Router
 
+from bot.chats import ChatDirectory
 from bot.config import Routing
 
 from .agency import staff_router
 from .citizen import citizen_router
 
 
-def get_routers(routing: Routing, album_wait: float) -> list[Router]:
-    return [citizen_router(album_wait), staff_router(routing)]
+def get_routers(routing: Routing, album_wait: float, chats: ChatDirectory) -> list[Router]:
+    return [citizen_router(album_wait), staff_router(routing, chats)]

@@ -10,6 +10,7 @@ from aiogram import F, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, Message
 
+from bot.chats import ChatDirectory
 from bot.config import Routing
 from bot.delivery.outbox import Outbox
 from bot.dialog import NUMBER
@@ -20,11 +21,16 @@ from bot.tickets import TicketService
 from .common import photos, staff
 
 
-def staff_router(routing: Routing) -> Router:
+def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
     router = Router(name="staff")
-    chats = frozenset({a.chat_id for a in routing.agencies} | {routing.coordinators.chat_id})
-    router.message.filter(F.chat.id.in_(chats))
-    router.callback_query.filter(F.message.chat.id.in_(chats))
+    # Looked up on every update, so a chat that moved (group → supergroup) keeps its authority.
+    router.message.filter(F.chat.id.func(chats.is_staff_chat))
+    router.callback_query.filter(F.message.chat.id.func(chats.is_staff_chat))
+
+    @router.message(F.migrate_to_chat_id)
+    async def migrated(message: Message, tickets: TicketService) -> None:
+        assert message.migrate_to_chat_id is not None
+        await tickets.chat_migrated(Platform.telegram, message.chat.id, message.migrate_to_chat_id)
 
     @router.callback_query(F.data.startswith("t:"))
     async def card_button(query: CallbackQuery, tickets: TicketService) -> None:

@@ -1,0 +1,47 @@
+"""The citizen's dialog without a platform: limits on what one person may file."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from bot.clock import ManualClock
+from bot.config import Routing
+from bot.delivery.outbox import Outbox
+from bot.dialog import CitizenDialog, CitizenInput, Limits, Person
+from bot.domain import Platform
+from bot.i18n import Translator
+from bot.tickets import TicketService
+from storage.db import Database
+from storage.schema import outbox, tickets
+
+WHO = Person(Platform.vk, 77, 77, "Ира", "ru")
+
+
+async def file(dialog: CitizenDialog, text: str) -> None:
+    await dialog.message(CitizenInput(who=WHO, text=text))
+    await dialog.press(WHO, "c:potholes", 1)
+    await dialog.press(WHO, "d:skip", 2)
+    await dialog.press(WHO, "d:confirm", 3)
+
+
+async def test_a_citizen_may_file_only_so_many_reports_an_hour(
+    db: Database, routing: Routing, clock: ManualClock
+) -> None:
+    translator = Translator()
+    box = Outbox(db, clock)
+    dialog = CitizenDialog(
+        box, TicketService(box, routing, translator), routing, translator, Limits(reports_per_hour=2)
+    )
+    await file(dialog, "первая")
+    await file(dialog, "вторая")
+    await file(dialog, "третья")
+    async with db.read() as conn:
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(tickets)) == 2
+        last = await conn.scalar(sa.select(outbox.c.payload).order_by(outbox.c.id.desc()).limit(1))
+    assert last["text"] == translator.render("ru", "dialog.too_many_reports", limit=2)
+    clock.advance(timedelta(hours=1, minutes=1))
+    await file(dialog, "четвёртая")
+    async with db.read() as conn:
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(tickets)) == 3
