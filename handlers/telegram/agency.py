@@ -18,7 +18,7 @@ from bot.domain import Action, DomainError, Platform, TicketStatus
 from bot.messages import Outgoing, Ref
 from bot.tickets import TicketService
 
-from .common import photos, staff
+from .common import answer, photos, staff
 
 
 def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
@@ -39,9 +39,7 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
         try:
             action, ticket_id, seen = Action(parts[1]), int(parts[2]), TicketStatus(parts[3])
         except (IndexError, ValueError):
-            await query.answer(
-                tickets.staff_text(query.message.chat.id, "toast.unknown_button"), show_alert=True
-            )
+            await answer(query, tickets.staff_text(query.message.chat.id, "toast.unknown_button"), alert=True)
             return
         who = staff(query.message, query.from_user)
         try:
@@ -52,9 +50,9 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
             else:
                 key = await tickets.prompt(ticket_id, who, action, seen)
         except DomainError as error:
-            await query.answer(tickets.staff_text(who.chat_id, error.key), show_alert=True)
+            await answer(query, tickets.staff_text(who.chat_id, error.key), alert=True)
             return
-        await query.answer(tickets.staff_text(who.chat_id, key))
+        await answer(query, tickets.staff_text(who.chat_id, key))
 
     @router.callback_query(F.data.regexp(r"^x:[a-z0-9_-]{1,32}:\d{1,18}$"))
     async def transfer_to(query: CallbackQuery, tickets: TicketService) -> None:
@@ -66,9 +64,9 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
         except KeyError:
             key = "toast.unknown_button"
         except DomainError as error:
-            await query.answer(tickets.staff_text(who.chat_id, error.key), show_alert=True)
+            await answer(query, tickets.staff_text(who.chat_id, error.key), alert=True)
             return
-        await query.answer(tickets.staff_text(who.chat_id, key))
+        await answer(query, tickets.staff_text(who.chat_id, key))
 
     @router.callback_query(F.data.regexp(r"^b:\d{1,18}$"))
     async def back_to_card(query: CallbackQuery, tickets: TicketService) -> None:
@@ -77,14 +75,14 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
         try:
             key = await tickets.restore_card(int(query.data[2:]), who)
         except DomainError as error:
-            await query.answer(tickets.staff_text(who.chat_id, error.key), show_alert=True)
+            await answer(query, tickets.staff_text(who.chat_id, error.key), alert=True)
             return
-        await query.answer(tickets.staff_text(who.chat_id, key))
+        await answer(query, tickets.staff_text(who.chat_id, key))
 
     @router.callback_query()
     async def unknown_button(query: CallbackQuery, tickets: TicketService) -> None:
         assert query.message is not None
-        await query.answer(tickets.staff_text(query.message.chat.id, "toast.unknown_button"), show_alert=True)
+        await answer(query, tickets.staff_text(query.message.chat.id, "toast.unknown_button"), alert=True)
 
     @router.message(Command("history", "card"))
     async def ticket_command(

@@ -11,7 +11,7 @@ from bot.dialog import CitizenDialog, CitizenInput
 from bot.domain import Location, Platform
 from bot.tickets import TicketService
 
-from .common import person, photos, text_of, unsupported_kind
+from .common import answer, person, photos, text_of, unsupported_kind
 from .middlewares import AlbumMiddleware
 
 COMMANDS = ("help", "cancel", "my", "status", "lang", "new")
@@ -71,10 +71,10 @@ def citizen_router(album_wait: float) -> Router:
     @router.callback_query()
     async def button(query: CallbackQuery, dialog: CitizenDialog) -> None:
         if query.message is None or query.data is None:
-            await query.answer()
+            await answer(query)
             return
         who = person(query.message, query.from_user)
         toast = await dialog.press(who, query.data, query.message.message_id)
-        await query.answer(toast[:200] or None)
+        await answer(query, toast)
 
     return router

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from aiogram.types import InaccessibleMessage, Message, User
+import logging
+
+from aiogram.exceptions import TelegramBadRequest
+from aiogram.types import CallbackQuery, InaccessibleMessage, Message, User
 
 from bot.dialog import Person
 from bot.domain import Attachment, MediaKind, Platform
 from bot.tickets import Staff
+
+log = logging.getLogger(__name__)
 
 # Content a citizen may send that we do not file (and say so), by the Message attribute that marks it.
 UNSUPPORTED = (
@@ -71,3 +76,12 @@ def unsupported_kind(message: Message) -> str | None:
         if getattr(message, kind, None):
             return kind
     return None
+
+
+async def answer(query: CallbackQuery, text: str | None = None, *, alert: bool = False) -> None:
+    """Answer a button press. A press answered too late (after a restart, a slow moment) is refused by
+    Telegram; that only means the spinner already stopped, so it is logged, not raised."""
+    try:
+        await query.answer(text[:200] if text else None, show_alert=alert)
+    except TelegramBadRequest as error:
+        log.info("button press %s not answered: %s", query.id, error.message)
