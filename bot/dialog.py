@@ -121,6 +121,9 @@ class CitizenDialog:
 
     async def _message(self, incoming: CitizenInput, citizen: Citizen) -> None:
         who = incoming.who
+        if incoming.unsupported == "file_too_big":
+            await self._say(who, citizen, "dialog.file_too_big")
+            return
         if incoming.unsupported:
             await self._say(who, citizen, "dialog.unsupported")
             return

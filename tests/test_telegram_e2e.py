@@ -376,3 +376,17 @@ async def test_an_agency_group_upgraded_to_a_supergroup_is_followed_and_remember
         await directory.load(repo)
     assert directory.agency_chat("roads") == new_chat
     assert directory.locale(new_chat) == "ru" and directory.is_staff_chat(new_chat)
+
+
+async def test_documents_are_attachments_up_to_the_download_limit(world: World) -> None:
+    tg = world.tg
+    await tg.send_document(ALICE, file_name="huge.pdf", file_size=30 * 1024 * 1024)
+    await world.says_key(ALICE, "ru", "dialog.file_too_big")
+    sent = await tg.send_document(ALICE, file_name="act.pdf", file_size=200_000, caption="Акт осмотра, яма")
+    await tg.press(ALICE, await world.last_buttons_message(ALICE, "c:"), "c:potholes")
+    await tg.press(ALICE, await world.last_buttons_message(ALICE, "d:skip"), "d:skip")
+    await tg.press(ALICE, await world.last_buttons_message(ALICE, "d:confirm"), "d:confirm")
+    await world.card(ROADS_CHAT, 1)
+    document = await world.bot_says(ROADS_CHAT, lambda m: bool(m.get("document")))
+    assert document["document"]["file_unique_id"] == sent["document"]["file_unique_id"]
+    assert await world.ticket_count() == 1

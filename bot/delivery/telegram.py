@@ -27,7 +27,7 @@ from aiogram.types import (
     ReplyParameters,
 )
 
-from bot.domain import Attachment, Platform
+from bot.domain import Attachment, MediaKind, Platform
 from bot.messages import Outgoing
 
 from .base import ChatMigrated, PermanentError, RetryAfter, TransientError
@@ -125,6 +125,28 @@ class TelegramMessenger:
         return [ids[-1], *ids[:-1]]
 
     async def _photos(
+        self, chat_id: int, photos: list[Attachment], caption: str, reply: ReplyParameters | None
+    ) -> list[int]:
+        documents = [a for a in photos if a.kind is MediaKind.document]
+        photos = [a for a in photos if a.kind is not MediaKind.document]
+        ids: list[int] = []
+        if photos:
+            ids += await self._album(chat_id, photos, caption, reply)
+        for document in documents:
+            file = await self._file(document)
+            sent = await _call(
+                partial(
+                    self.bot.send_document,
+                    chat_id,
+                    file,
+                    caption=None if photos else caption or None,
+                    reply_parameters=reply,
+                )
+            )
+            ids.append(sent.message_id)
+        return ids
+
+    async def _album(
         self, chat_id: int, photos: list[Attachment], caption: str, reply: ReplyParameters | None
     ) -> list[int]:
         files = [await self._file(photo) for photo in photos[:10]]

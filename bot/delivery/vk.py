@@ -15,7 +15,7 @@ from typing import Any
 from vkbottle import API, VKAPIError
 from vkbottle.tools import PhotoMessageUploader
 
-from bot.domain import Attachment, Platform
+from bot.domain import Attachment, MediaKind, Platform
 from bot.messages import Button, Outgoing
 
 from .base import PermanentError, RetryAfter, TransientError
@@ -99,7 +99,9 @@ class VkMessenger:
         self.uploader = PhotoMessageUploader(api)
 
     async def send(self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int) -> list[int]:
-        attachments = [await self._attachment(chat_id, photo) for photo in message.photos[:10]]
+        # Only photos cross to VK; a document stays on record in the ticket and with the agency.
+        photos = [a for a in message.photos if a.kind is MediaKind.photo]
+        attachments = [await self._attachment(chat_id, photo) for photo in photos[:10]]
         parts = split_plain(html_to_text(message.text))
         ids: list[int] = []
         for index, part in enumerate(parts):

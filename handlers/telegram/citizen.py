@@ -11,7 +11,7 @@ from bot.dialog import CitizenDialog, CitizenInput
 from bot.domain import Location, Platform
 from bot.tickets import TicketService
 
-from .common import answer, person, photos, text_of, unsupported_kind
+from .common import answer, document_too_big, person, photos, text_of, unsupported_kind
 from .middlewares import AlbumMiddleware
 
 COMMANDS = ("help", "cancel", "my", "status", "lang", "new")
@@ -50,9 +50,7 @@ def citizen_router(album_wait: float) -> Router:
                 photos=photos(parts),
                 location=location,
                 reply_to=reply.message_id if reply else None,
-                unsupported=None
-                if (location or message.text or message.photo)
-                else unsupported_kind(message) or "unknown",
+                unsupported=_unsupported(message, location is not None),
             )
         )
 
@@ -78,3 +76,11 @@ def citizen_router(album_wait: float) -> Router:
         await answer(query, toast)
 
     return router
+
+
+def _unsupported(message: Message, has_location: bool) -> str | None:
+    if document_too_big(message):
+        return "file_too_big"
+    if has_location or message.text or message.photo or message.document:
+        return None
+    return unsupported_kind(message) or "unknown"

@@ -21,7 +21,6 @@ UNSUPPORTED = (
     "video",
     "audio",
     "animation",
-    "document",
     "poll",
     "dice",
     "contact",
@@ -50,9 +49,27 @@ def staff(message: Message | InaccessibleMessage, user: User | None = None) -> S
     return Staff(chat_id=message.chat.id, user_id=user.id, name=user.full_name)
 
 
+# Telegram lets a bot download files up to 20 MB; a larger document could never be passed on.
+DOCUMENT_LIMIT = 20 * 1024 * 1024
+
+
+def document_too_big(message: Message) -> bool:
+    return bool(message.document and (message.document.file_size or 0) > DOCUMENT_LIMIT)
+
+
 def photos(messages: list[Message]) -> list[Attachment]:
+    """The photos of the messages (the largest size of each) and their documents, as attachments."""
     result = []
     for message in messages:
+        if message.document and not document_too_big(message):
+            result.append(
+                Attachment(
+                    kind=MediaKind.document,
+                    platform=Platform.telegram,
+                    file_id=message.document.file_id,
+                    file_unique_id=message.document.file_unique_id,
+                )
+            )
         if message.photo:
             largest = message.photo[-1]
             result.append(
