@@ -103,6 +103,12 @@ class App:
             max_attempts=self.settings.outbox_max_attempts,
             poll_seconds=self.settings.outbox_poll_seconds,
             on_unreachable=self.tickets.citizen_unreachable,
+            on_migrated=self.tickets.chat_migrated,
+            backoff_base=self.settings.outbox_backoff_base,
+            telegram_global_rate=self.settings.telegram_global_rate,
+            telegram_private_rate=self.settings.telegram_private_rate,
+            telegram_group_rate=self.settings.telegram_group_rate,
+            vk_rate=self.settings.vk_rate,
         )
         self.outbox.subscribe(self.worker.wake)
         self._tasks: list[asyncio.Task[None]] = []

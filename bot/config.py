@@ -114,6 +114,22 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = Field(
         default=8, ge=1, description="Delivery attempts per outgoing message before it is given up."
     )
+    outbox_backoff_base: float = Field(
+        default=1.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="Seconds before the first retry after a network or server error; doubles each try.",
+    )
+    telegram_global_rate: int = Field(
+        default=30, ge=0, description="Telegram messages per second across all chats; 0: no limit."
+    )
+    telegram_private_rate: int = Field(
+        default=1, ge=0, description="Telegram messages per second to one private chat; 0: no limit."
+    )
+    telegram_group_rate: int = Field(
+        default=20, ge=0, description="Telegram messages per minute to one group or supergroup; 0: no limit."
+    )
     polling_timeout: int = Field(
         default=25,
         ge=0,
@@ -125,6 +141,9 @@ class Settings(BaseSettings):
         default=3500, ge=100, le=4000, description="Longest report description a citizen may send."
     )
     max_photos: int = Field(default=10, ge=1, le=10, description="Most photos attached to one report.")
+    reports_per_hour: int = Field(
+        default=5, ge=0, description="New reports one citizen may file per hour; 0: no limit."
+    )
     scheduler_interval: int = Field(
         default=60, ge=1, le=3600, description="Seconds between the scheduler's scans of due promises."
     )
@@ -157,6 +176,7 @@ class Settings(BaseSettings):
         description="Base URL the VK API method names are appended to; ends with /method/.",
     )
     vk_polling_wait: int = Field(default=25, ge=1, le=90, description="VK Bots Long Poll wait in seconds.")
+    vk_rate: int = Field(default=20, ge=0, description="VK API requests per second for sending; 0: no limit.")
 
     @field_validator("overdue_repeat", "citizen_update_interval", "resolved_autoclose", "need_info_timeout")
     @classmethod

@@ -34,6 +34,9 @@ class Intake:
         self.handler = handler
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Inbox rows being handled now: after a restart the same row can come from the replay and
+        # again from the platform's redelivery, and must be handled once.
+        self._in_flight: set[int] = set()
 
     async def accept(
         self, updates: Sequence[tuple[str, dict[str, Any]]], cursor: tuple[str, str] | None = None
@@ -69,16 +72,20 @@ class Intake:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _spawn(self, item_id: int, key: str, payload: dict[str, Any]) -> None:
+        if item_id in self._in_flight:
+            return
+        self._in_flight.add(item_id)
         task = asyncio.create_task(self._handle(item_id, key, payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._in_flight.discard(item_id))
 
     async def _handle(self, item_id: int, key: str, payload: dict[str, Any]) -> None:
         async with self._slots:
             async with self.db.read() as conn:
                 seen = await Repository(conn).was_processed(self.platform, key)
             if not seen:
-                token = current_origin.set(Origin(f"{self.platform.value}:{key}"))
+                token = current_origin.set(Origin(self.platform, key))
                 try:
                     await self.handler(payload)
                 except Exception:

@@ -23,13 +23,16 @@ from storage.repository import Repository
 @dataclass
 class Origin:
     """The update being handled: messages it causes get keys derived from it, so handling the same
-    update again after a crash queues nothing new."""
+    update again after a crash queues nothing new; and the first transaction that queues a message
+    also records the update as handled, so its change is never applied twice."""
 
+    platform: Platform
     key: str
     counter: itertools.count[int] = field(default_factory=itertools.count)
+    recorded: bool = False
 
     def next_key(self) -> str:
-        return f"{self.key}:{next(self.counter)}"
+        return f"{self.platform.value}:{self.key}:{next(self.counter)}"
 
 
 current_origin: ContextVar[Origin | None] = ContextVar("current_origin", default=None)
@@ -79,6 +82,13 @@ class Outbox:
         async with self.db.transaction() as conn:
             unit = Unit(Repository(conn), self.clock.now())
             yield unit
+            origin = current_origin.get()
+            if unit.queued and origin is not None and not origin.recorded:
+                # The update's effect and its "handled" mark commit together: a replay after a crash
+                # finds it handled and changes nothing. (Writes that queue nothing, like registering a
+                # new citizen, are idempotent by themselves.)
+                await unit.repo.mark_processed(origin.platform, origin.key, unit.now)
+                origin.recorded = True
         if unit.queued:
             for wake in self._listeners:
                 wake()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -17,8 +18,13 @@ from storage.db import Database
 from storage.repository import Repository
 
 from .base import ChatMigrated, DeliveryError, Messenger, PermanentError, RetryAfter, TransientError
+from .limits import Permit, RateLimiter, Rates, cost
 
 log = logging.getLogger(__name__)
+
+# The shortest sleep while the limiter holds a chat back: a window that is a hair from opening should
+# not make the worker spin.
+MIN_LIMIT_WAIT = 0.01
 
 
 class DeliveryWorker:
@@ -33,8 +39,28 @@ class DeliveryWorker:
         batch: int = 200,
         concurrency: int = 16,
         on_unreachable: Callable[[Platform, int, int | None], Awaitable[None]] | None = None,
+        on_migrated: Callable[[Platform, int, int], Awaitable[None]] | None = None,
+        backoff_base: float = 1.0,
+        telegram_global_rate: int = 0,
+        telegram_private_rate: int = 0,
+        telegram_group_rate: int = 0,
+        vk_rate: int = 0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.on_unreachable = on_unreachable
+        self.on_migrated = on_migrated
+        self.backoff_base = backoff_base
+        self.limiter = RateLimiter(
+            Rates(
+                telegram_global=telegram_global_rate,
+                telegram_private=telegram_private_rate,
+                telegram_group=telegram_group_rate,
+                vk=vk_rate,
+            ),
+            monotonic,
+        )
+        # Seconds until the limiter lets the earliest held-back chat go, as found by the last round.
+        self.limiter_wait: float | None = None
         self.db = db
         self.messengers = dict(messengers)
         self.clock = clock
@@ -61,19 +87,33 @@ class DeliveryWorker:
                 log.exception("outbox round failed; trying again shortly")
             if self._stopping:
                 break
+            timeout = self.poll_seconds
+            if self.limiter_wait is not None:
+                timeout = min(timeout, max(self.limiter_wait, MIN_LIMIT_WAIT))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
 
     async def deliver_due(self) -> int:
         """One round: each chat's pending messages in order, chats side by side; returns how many went."""
+        self.limiter_wait = None
         async with self.db.read() as conn:
             # Only channels that are on: messages for a channel that is off wait for it, in order.
             rows = await Repository(conn).pending_outbox(self.batch, platforms=list(self.messengers))
         by_chat: dict[tuple[str, int], list[Any]] = {}
         for row in rows:
             by_chat.setdefault((row.platform, row.chat_id), []).append(row)
-        results = await asyncio.gather(*(self._deliver_chat(chat_rows) for chat_rows in by_chat.values()))
-        return sum(results)
+        # Every chat's run is awaited to its end even when another fails: a run left going into the next
+        # round would send that round's copy of the same rows a second time.
+        results = await asyncio.gather(
+            *(self._deliver_chat(chat_rows) for chat_rows in by_chat.values()), return_exceptions=True
+        )
+        sent = 0
+        for (platform, chat_id), result in zip(by_chat, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("outbox round for %s chat %s failed", platform, chat_id, exc_info=result)
+            else:
+                sent += result
+        return sent
 
     async def _deliver_chat(self, rows: list[Any]) -> int:
         sent = 0
@@ -95,14 +135,22 @@ class DeliveryWorker:
                 repo = Repository(conn)
                 target = await self._resolve(repo, platform, row.chat_id, message.edit)
                 reply_to = await self._resolve(repo, platform, row.chat_id, message.reply_to)
-            if message.edit is not None:
-                if target is None:
-                    await self._fail(row, "the message to edit was never sent")
-                    return True
-                await messenger.edit(row.chat_id, target, message)
-                ids: list[int] = []
-            else:
-                ids = await messenger.send(row.chat_id, message, reply_to, row.id)
+            if message.edit is not None and target is None:
+                await self._fail(row, "the message to edit was never sent")
+                return True
+            permit = self.limiter.acquire(platform, row.chat_id, cost(platform, message))
+            if not permit.granted:
+                # Not a failed try: the row keeps its next_attempt_at and attempts as they are.
+                self._hold(permit)
+                return False
+            try:
+                if target is None:  # only an edit has a target, and an edit without one failed above
+                    ids = await messenger.send(row.chat_id, message, reply_to, row.id)
+                else:
+                    await messenger.edit(row.chat_id, target, message)
+                    ids = []
+            finally:
+                permit.finish()
         except RetryAfter as error:
             await self._retry(row, timedelta(seconds=error.seconds), str(error), count=False)
             return False
@@ -110,6 +158,8 @@ class DeliveryWorker:
             async with self.db.transaction() as conn:
                 await Repository(conn).outbox_move_chat(platform, row.chat_id, error.new_chat_id)
             log.warning("chat %s migrated to %s; its queue follows", row.chat_id, error.new_chat_id)
+            if self.on_migrated is not None:
+                await self.on_migrated(platform, row.chat_id, error.new_chat_id)
             self.wake()
             return False
         except PermanentError as error:
@@ -120,8 +170,18 @@ class DeliveryWorker:
         except (TransientError, DeliveryError) as error:
             await self._backoff(row, str(error))
             return False
+        except Exception as error:
+            # A failure no messenger translated (an answer that is not JSON from a proxy, say) is
+            # retried like a network fault, so it neither loops every poll nor blocks the chat forever.
+            log.exception("outbox %s to %s: unexpected error", row.id, row.chat_id)
+            await self._backoff(row, repr(error))
+            return False
         await self._sent(row, platform, message, ids)
         return True
+
+    def _hold(self, permit: Permit) -> None:
+        if self.limiter_wait is None or permit.wait < self.limiter_wait:
+            self.limiter_wait = permit.wait
 
     @staticmethod
     async def _resolve(repo: Repository, platform: Platform, chat_id: int, ref: Any) -> int | None:
@@ -147,7 +207,7 @@ class DeliveryWorker:
         if row.attempts + 1 >= self.max_attempts:
             await self._fail(row, f"gave up after {row.attempts + 1} attempts: {error}")
             return
-        delay = min(2.0**row.attempts, 300.0) * (0.5 + random.random())
+        delay = min(self.backoff_base * 2.0**row.attempts, 300.0) * (0.5 + random.random())
         await self._retry(row, timedelta(seconds=delay), error)
 
     async def _retry(self, row: Any, delay: timedelta, error: str, *, count: bool = True) -> None:
