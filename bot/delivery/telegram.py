@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from aiogram import Bot
 from aiogram.exceptions import (
+    ClientDecodeError,
     TelegramBadRequest,
     TelegramForbiddenError,
     TelegramMigrateToChat,
@@ -225,3 +226,6 @@ async def _call(request: Callable[[], Awaitable[T]]) -> T:
         raise PermanentError("not_found", error.message) from None
     except (TelegramNetworkError, TelegramServerError) as error:
         raise TransientError(error.message) from None
+    except ClientDecodeError as error:
+        # Not JSON: a proxy's error page in front of the Bot API, worth trying again later.
+        raise TransientError(f"undecodable answer: {error.message}") from None
