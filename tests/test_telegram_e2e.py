@@ -337,6 +337,10 @@ async def test_a_citizen_who_cannot_be_reached_is_marked_and_the_agency_told_onc
 
 async def test_blocking_the_bot_marks_the_citizen_and_writing_again_clears_it(world: World) -> None:
     await world.file_report(ALICE)
+    # Everything owed to her is out (the summary's buttons are gone), so no late send fails after she is back.
+    await world.tg.wait_until(
+        lambda: not [m for m in world.tg.bot_messages(ALICE) if "d:confirm" in world.tg.button_data(m)]
+    )
     world.tg.block(ALICE)
 
     async def unreachable() -> bool:
