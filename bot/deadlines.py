@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from bot.delivery.outbox import Unit
 from bot.domain import EventKind, Platform, Ticket, TicketStatus
 from bot.i18n import Html
-from bot.messages import Outgoing, Ref
+from bot.messages import Outgoing
 from bot.policy import Policy
 from bot.tickets import STAFF_PLATFORM, TicketService
 
@@ -214,12 +214,7 @@ class Deadlines:
                 await self.tickets.tell_citizen(u, citizen, closed, citizen_key)
                 await self.tickets.tell_agency(u, closed, agency_key)
                 await self.tickets.refresh_cards(u, closed)
-                await u.send(
-                    citizen.platform,
-                    citizen.external_id,
-                    Outgoing("", edit=Ref(ticket_id=ticket.id, role="resolved"), buttons_only=True),
-                    ticket_id=ticket.id,
-                )
+                await self.tickets.close_feedback_buttons(u, citizen, closed)
             return len(due)
 
     async def digest(self, now: datetime) -> int:

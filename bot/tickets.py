@@ -234,12 +234,7 @@ class TicketService:
                 await self.tell_citizen(u, citizen, ticket, "citizen.reopened")
                 await self.tell_agency(u, ticket, "agency.reopened")
             await self.refresh_cards(u, ticket)
-            await u.send(
-                citizen.platform,
-                citizen.external_id,
-                Outgoing("", edit=Ref(ticket_id=ticket.id, role="resolved"), buttons_only=True),
-                ticket_id=ticket.id,
-            )
+            await self.close_feedback_buttons(u, citizen, ticket)
             return "toast.thanks"
 
     async def citizen_unreachable(self, platform: Platform, external_id: int, ticket_id: int | None) -> None:
@@ -629,6 +624,15 @@ class TicketService:
                 link_ticket_id=ticket.id,
                 link_role=role,
             ),
+            ticket_id=ticket.id,
+        )
+
+    async def close_feedback_buttons(self, u: Unit, citizen: Citizen, ticket: Ticket) -> None:
+        """Take "Solved? Yes / No" off the citizen's message once the question is settled."""
+        await u.send(
+            citizen.platform,
+            citizen.external_id,
+            Outgoing("", edit=Ref(ticket_id=ticket.id, role="resolved"), buttons_only=True),
             ticket_id=ticket.id,
         )
 
