@@ -364,6 +364,9 @@ class Repository:
             .values(next_attempt_at=at, attempts=attempts, last_error=error[:1000])
         )
 
+    async def outbox_progress(self, row_id: int, progress: dict[str, list[int]]) -> None:
+        await self.conn.execute(outbox.update().where(outbox.c.id == row_id).values(progress=progress))
+
     async def outbox_failed(self, row_id: int, error: str) -> None:
         await self.conn.execute(
             outbox.update()

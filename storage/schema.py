@@ -145,6 +145,9 @@ outbox = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("sent_at", UTCDateTime),
+    # The parts of a message that makes several calls (an album, then its text) that already went, with
+    # their message ids: a retry sends only the rest.
+    sa.Column("progress", sa.JSON),
     sa.Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
     sa.Index("ix_outbox_platform_chat_id_status", "platform", "chat_id", "status"),
 )

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from bot.clock import ManualClock
 from bot.config import Routing
-from bot.delivery.base import ChatMigrated, TransientError
+from bot.delivery.base import ChatMigrated, Progress, TransientError
 from bot.delivery.limits import telegram_cost
 from bot.delivery.outbox import Outbox
 from bot.delivery.telegram import split_text
@@ -161,10 +161,6 @@ async def test_reports_and_answers_get_through_random_faults_exactly_once(world:
     assert_retry_after_was_honoured(chaos)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TelegramMessenger.send retries a whole row: photos that went before a failed card text go again",
-)
 async def test_a_card_with_photos_is_not_repeated_when_its_text_fails(world: World) -> None:
     # The card goes as the photos, then its text with the buttons; the text's send fails once.
     world.tg.fail_next("sendMessage", error_code=502, chat_id=ROADS_CHAT)
@@ -222,11 +218,13 @@ async def test_backoff_starts_from_the_configured_base_and_doubles(db: Database,
 
 
 class Exploding(RecordingMessenger):
-    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int) -> list[int]:
+    async def send(
+        self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int, progress: Progress
+    ) -> list[int]:
         if chat_id == 1:
             raise RuntimeError("an answer nobody translated")
         await asyncio.sleep(0)  # still going when chat 1 has failed
-        return await super().send(chat_id, message, reply_to, nonce)
+        return await super().send(chat_id, message, reply_to, nonce, progress)
 
 
 async def test_an_untranslated_error_backs_off_and_other_chats_finish_their_round(

@@ -7,7 +7,14 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from bot.clock import ManualClock
-from bot.delivery.base import ChatMigrated, DeliveryError, PermanentError, RetryAfter, TransientError
+from bot.delivery.base import (
+    ChatMigrated,
+    DeliveryError,
+    PermanentError,
+    Progress,
+    RetryAfter,
+    TransientError,
+)
 from bot.delivery.outbox import Outbox
 from bot.delivery.worker import DeliveryWorker
 from bot.domain import Platform
@@ -25,7 +32,9 @@ class RecordingMessenger:
         self.failures: dict[str, list[DeliveryError]] = {}
         self.next_id = 100
 
-    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int) -> list[int]:
+    async def send(
+        self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int, progress: Progress
+    ) -> list[int]:
         queue = self.failures.get(message.text)
         if queue:
             raise queue.pop(0)
@@ -143,3 +152,41 @@ async def test_sent_messages_are_linked_so_replies_and_edits_find_them(
     assert messenger.edits == [(1, card_id, "card v2")]
     async with outbox.read() as repo:
         assert await repo.linked_ticket(Platform.telegram, 1, card_id) == (ticket.id, "card")
+
+
+class TwoPartMessenger(RecordingMessenger):
+    """Sends every message as two calls, like a card with photos: the album, then its text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    async def send(
+        self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int, progress: Progress
+    ) -> list[int]:
+        async def part(name: str) -> list[int]:
+            queue = self.failures.get(name)
+            if queue:
+                raise queue.pop(0)
+            self.calls.append(name)
+            self.next_id += 1
+            return [self.next_id]
+
+        album = await progress.part("album", lambda: part(f"{message.text}/album"))
+        text = await progress.part("text0", lambda: part(f"{message.text}/text"))
+        return [*text, *album]
+
+
+async def test_a_retry_sends_only_the_parts_that_did_not_go_even_from_a_new_worker(
+    db: Database, clock: ManualClock
+) -> None:
+    messenger = TwoPartMessenger()
+    messenger.failures["card/text"] = [TransientError("502")]
+    await queue(Outbox(db, clock), 1, Outgoing("card"))
+    await DeliveryWorker(db, {Platform.telegram: messenger}, clock).deliver_due()
+    assert messenger.calls == ["card/album"]
+    clock.advance(timedelta(minutes=10))
+    # A restarted process knows only what the database knows.
+    await DeliveryWorker(db, {Platform.telegram: messenger}, clock).deliver_due()
+    assert messenger.calls == ["card/album", "card/text"]
+    assert await statuses(db) == [("card", "sent")]

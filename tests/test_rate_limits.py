@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from bot.clock import ManualClock, SystemClock
 from bot.config import Routing
+from bot.delivery.base import Progress
 from bot.delivery.limits import Permit, RateLimiter, Rates, Window, cost, telegram_cost, vk_cost
 from bot.delivery.outbox import Outbox
 from bot.delivery.worker import DeliveryWorker
@@ -300,8 +301,10 @@ class SignallingMessenger(RecordingMessenger):
         super().__init__()
         self.changed = asyncio.Condition()
 
-    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int) -> list[int]:
-        ids = await super().send(chat_id, message, reply_to, nonce)
+    async def send(
+        self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int, progress: Progress
+    ) -> list[int]:
+        ids = await super().send(chat_id, message, reply_to, nonce, progress)
         async with self.changed:
             self.changed.notify_all()
         return ids

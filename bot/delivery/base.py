@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from bot.domain import Platform
@@ -40,12 +41,40 @@ class ChatMigrated(DeliveryError):
         self.new_chat_id = new_chat_id
 
 
+class Progress:
+    """The parts of one logical message that already went out, by name, with their message ids.
+
+    A message can take several calls (an album, then the card text below it; a text split in three).
+    Each part that succeeds is saved before the next is tried, so a retry after a failure or a crash
+    sends only what is missing instead of repeating the album."""
+
+    def __init__(
+        self,
+        done: dict[str, list[int]] | None = None,
+        save: Callable[[dict[str, list[int]]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.done: dict[str, list[int]] = dict(done or {})
+        self._save = save
+
+    async def part(self, name: str, send: Callable[[], Awaitable[list[int]]]) -> list[int]:
+        if name in self.done:
+            return self.done[name]
+        ids = await send()
+        self.done[name] = ids
+        if self._save is not None:
+            await self._save(dict(self.done))
+        return ids
+
+
 class Messenger(Protocol):
     platform: Platform
 
-    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int) -> list[int]:
+    async def send(
+        self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int, progress: Progress
+    ) -> list[int]:
         """Send one logical message; returns the ids of what was sent, the main (text) message first.
-        `nonce` is the same for every attempt at the same outbox row, for platforms that de-duplicate."""
+        `nonce` is the same for every attempt at the same outbox row, for platforms that de-duplicate;
+        each call goes through `progress`, so parts sent by an earlier attempt are not sent again."""
         ...
 
     async def edit(self, chat_id: int, message_id: int, message: Outgoing) -> None: ...

@@ -25,13 +25,14 @@ from aiogram.types import (
     InputMediaPhoto,
     LinkPreviewOptions,
     MediaUnion,
+    Message,
     ReplyParameters,
 )
 
 from bot.domain import Attachment, MediaKind, Platform
 from bot.messages import Outgoing
 
-from .base import ChatMigrated, PermanentError, RetryAfter, TransientError
+from .base import ChatMigrated, PermanentError, Progress, RetryAfter, TransientError
 
 CAPTION_LIMIT = 1024
 TEXT_LIMIT = 4096
@@ -89,17 +90,25 @@ class TelegramMessenger:
         self.bot = bot
         self.fetch = fetch
 
-    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int = 0) -> list[int]:
+    async def send(
+        self,
+        chat_id: int,
+        message: Outgoing,
+        reply_to: int | None,
+        nonce: int = 0,
+        progress: Progress | None = None,
+    ) -> list[int]:
+        progress = progress or Progress()
         reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
         markup = _markup(message)
         if not message.photos:
-            return await self._text(chat_id, message.text, markup, reply)
+            return await self._text(chat_id, message.text, markup, reply, progress)
         if markup is None and len(message.text) <= CAPTION_LIMIT:
             # Short text and no buttons: the photos carry it as their caption, one message in the chat.
-            return await self._photos(chat_id, message.photos, message.text, reply)
+            return await self._photos(chat_id, message.photos, message.text, reply, progress)
         # Photos first, then the text with its buttons below them: the text is the message staff act on.
-        photo_ids = await self._photos(chat_id, message.photos, message.photo_caption, reply)
-        text_ids = await self._text(chat_id, message.text, markup, reply)
+        photo_ids = await self._photos(chat_id, message.photos, message.photo_caption, reply, progress)
+        text_ids = await self._text(chat_id, message.text, markup, reply, progress)
         return [*text_ids, *photo_ids]
 
     async def _text(
@@ -108,6 +117,7 @@ class TelegramMessenger:
         text: str,
         markup: InlineKeyboardMarkup | ForceReply | None,
         reply: ReplyParameters | None,
+        progress: Progress,
     ) -> list[int]:
         """Send a text, in several messages if it is too long; the buttons go on the last one, and the
         last one comes first in the result, as the message to edit later."""
@@ -122,29 +132,36 @@ class TelegramMessenger:
                 reply_parameters=reply,
                 link_preview_options=LinkPreviewOptions(is_disabled=True),
             )
-            ids.append((await _call(request)).message_id)
+            ids += await progress.part(f"text{index}", partial(_ids, request))
         return [ids[-1], *ids[:-1]]
 
     async def _photos(
-        self, chat_id: int, photos: list[Attachment], caption: str, reply: ReplyParameters | None
+        self,
+        chat_id: int,
+        photos: list[Attachment],
+        caption: str,
+        reply: ReplyParameters | None,
+        progress: Progress,
     ) -> list[int]:
         documents = [a for a in photos if a.kind is MediaKind.document]
         photos = [a for a in photos if a.kind is not MediaKind.document]
         ids: list[int] = []
         if photos:
-            ids += await self._album(chat_id, photos, caption, reply)
-        for document in documents:
-            file = await self._file(document)
-            sent = await _call(
-                partial(
+            ids += await progress.part("album", partial(self._album, chat_id, photos, caption, reply))
+        for index, document in enumerate(documents):
+
+            async def send_document(document: Attachment = document) -> list[int]:
+                file = await self._file(document)
+                request = partial(
                     self.bot.send_document,
                     chat_id,
                     file,
                     caption=None if photos else caption or None,
                     reply_parameters=reply,
                 )
-            )
-            ids.append(sent.message_id)
+                return await _ids(request)
+
+            ids += await progress.part(f"document{index}", send_document)
         return ids
 
     async def _album(
@@ -152,12 +169,11 @@ class TelegramMessenger:
     ) -> list[int]:
         files = [await self._file(photo) for photo in photos[:10]]
         if len(files) == 1:
-            sent = await _call(
-                lambda: self.bot.send_photo(
-                    chat_id, files[0], caption=caption or None, reply_parameters=reply
+            return await _ids(
+                partial(
+                    self.bot.send_photo, chat_id, files[0], caption=caption or None, reply_parameters=reply
                 )
             )
-            return [sent.message_id]
         media: list[MediaUnion] = [
             InputMediaPhoto(media=file, caption=caption if index == 0 and caption else None)
             for index, file in enumerate(files)
@@ -207,6 +223,10 @@ def _markup(message: Outgoing) -> InlineKeyboardMarkup | ForceReply | None:
     if message.force_reply:
         return ForceReply(force_reply=True)
     return None
+
+
+async def _ids(request: Callable[[], Awaitable[Message]]) -> list[int]:
+    return [(await _call(request)).message_id]
 
 
 async def _call(request: Callable[[], Awaitable[T]]) -> T:

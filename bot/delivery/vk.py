@@ -10,6 +10,7 @@ import html
 import json
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from vkbottle import API, VKAPIError
@@ -18,7 +19,7 @@ from vkbottle.tools import PhotoMessageUploader
 from bot.domain import Attachment, MediaKind, Platform
 from bot.messages import Button, Outgoing
 
-from .base import PermanentError, RetryAfter, TransientError
+from .base import PermanentError, Progress, RetryAfter, TransientError
 
 Fetch = Callable[[Attachment], Awaitable[bytes]]
 
@@ -98,7 +99,15 @@ class VkMessenger:
         self.fetch = fetch
         self.uploader = PhotoMessageUploader(api)
 
-    async def send(self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int) -> list[int]:
+    async def send(
+        self,
+        chat_id: int,
+        message: Outgoing,
+        reply_to: int | None,
+        nonce: int,
+        progress: Progress | None = None,
+    ) -> list[int]:
+        progress = progress or Progress()
         # Only photos cross to VK; a document stays on record in the ticket and with the agency.
         photos = [a for a in message.photos if a.kind is MediaKind.photo]
         attachments = [await self._attachment(chat_id, photo) for photo in photos[:10]]
@@ -120,9 +129,11 @@ class VkMessenger:
                 params["keyboard"] = markup
             if reply_to and index == 0:
                 params["reply_to"] = reply_to
-            response = await self._call("messages.send", params)
-            ids.append(int(response))
+            ids += await progress.part(f"text{index}", partial(self._send_one, params))
         return [ids[-1], *ids[:-1]]
+
+    async def _send_one(self, params: dict[str, Any]) -> list[int]:
+        return [int(await self._call("messages.send", params))]
 
     async def edit(self, chat_id: int, message_id: int, message: Outgoing) -> None:
         if message.buttons_only:

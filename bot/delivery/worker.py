@@ -17,7 +17,15 @@ from bot.messages import Outgoing
 from storage.db import Database
 from storage.repository import Repository
 
-from .base import ChatMigrated, DeliveryError, Messenger, PermanentError, RetryAfter, TransientError
+from .base import (
+    ChatMigrated,
+    DeliveryError,
+    Messenger,
+    PermanentError,
+    Progress,
+    RetryAfter,
+    TransientError,
+)
 from .limits import Permit, RateLimiter, Rates, cost
 
 log = logging.getLogger(__name__)
@@ -145,7 +153,7 @@ class DeliveryWorker:
                 return False
             try:
                 if target is None:  # only an edit has a target, and an edit without one failed above
-                    ids = await messenger.send(row.chat_id, message, reply_to, row.id)
+                    ids = await messenger.send(row.chat_id, message, reply_to, row.id, self._progress(row))
                 else:
                     await messenger.edit(row.chat_id, target, message)
                     ids = []
@@ -178,6 +186,13 @@ class DeliveryWorker:
             return False
         await self._sent(row, platform, message, ids)
         return True
+
+    def _progress(self, row: Any) -> Progress:
+        async def save(done: dict[str, list[int]]) -> None:
+            async with self.db.transaction() as conn:
+                await Repository(conn).outbox_progress(row.id, done)
+
+        return Progress(row.progress, save)
 
     def _hold(self, permit: Permit) -> None:
         if self.limiter_wait is None or permit.wait < self.limiter_wait:
