@@ -21,6 +21,7 @@ from bot.clock import Clock, SystemClock
 from bot.config import Routing, Settings, channels
 from bot.deadlines import Deadlines
 from bot.delivery.base import Messenger
+from bot.delivery.limits import RateLimiter, Rates
 from bot.delivery.media import MediaFetcher
 from bot.delivery.outbox import Outbox
 from bot.delivery.telegram import TelegramMessenger
@@ -71,6 +72,15 @@ class App:
             self.translator,
             Limits(max_text=self.settings.max_report_length, max_photos=self.settings.max_photos),
         )
+        # One budget per platform for the worker's sends and the handlers' direct calls alike.
+        self.limiter = RateLimiter(
+            Rates(
+                telegram_global=self.settings.telegram_global_rate,
+                telegram_private=self.settings.telegram_private_rate,
+                telegram_group=self.settings.telegram_group_rate,
+                vk=self.settings.vk_rate,
+            )
+        )
         self.bot: Bot | None = self._telegram_bot() if telegram_on else None
         self.media = MediaFetcher(self.bot)
         messengers: dict[Platform, Messenger] = {}
@@ -84,7 +94,7 @@ class App:
             self.vk_api = API(self.settings.vk_group_token.get_secret_value())
             # Set on the instance: the class attribute is shared by every API object in the process.
             self.vk_api.API_URL = self.settings.vk_api_url
-            vk_bot = VkBot(api=self.vk_api, labeler=citizen_labeler(self.dialog))
+            vk_bot = VkBot(api=self.vk_api, labeler=citizen_labeler(self.dialog, self.limiter))
             messengers[Platform.vk] = VkMessenger(self.vk_api, self.settings.vk_group_id, self.media.fetch)
             self.pollers.append(
                 VkPolling(
@@ -102,13 +112,10 @@ class App:
             self.clock,
             max_attempts=self.settings.outbox_max_attempts,
             poll_seconds=self.settings.outbox_poll_seconds,
-            on_unreachable=self.tickets.citizen_unreachable,
+            on_unreachable=self.tickets.chat_unreachable,
             on_migrated=self.tickets.chat_migrated,
             backoff_base=self.settings.outbox_backoff_base,
-            telegram_global_rate=self.settings.telegram_global_rate,
-            telegram_private_rate=self.settings.telegram_private_rate,
-            telegram_group_rate=self.settings.telegram_group_rate,
-            vk_rate=self.settings.vk_rate,
+            limiter=self.limiter,
         )
         self.outbox.subscribe(self.worker.wake)
         self._tasks: list[asyncio.Task[None]] = []

@@ -6,6 +6,7 @@ everyone who must hear of it. No platform library is imported here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,7 +32,11 @@ from bot.i18n import Html, Translator
 from bot.messages import Button, Outgoing, Ref, draft_from_json, feedback
 from bot.render import Renderer
 
+log = logging.getLogger(__name__)
+
 STAFF_PLATFORM = Platform.telegram
+# A cursor row per staff chat the bot cannot write to, holding since when.
+LOST_CHAT = "lost-chat:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +263,76 @@ class TicketService:
                     "agency.citizen_unreachable",
                     dedupe_key=f"unreachable:{ticket.id}:{since.isoformat()}",
                 )
+
+    async def chat_unreachable(
+        self, platform: Platform, chat_id: int, ticket_id: int | None, reason: str
+    ) -> None:
+        """A send failed because the chat itself is out of reach: a staff chat the bot was removed from
+        (or that is gone), or a citizen who blocked the bot."""
+        if platform is STAFF_PLATFORM and self.chats.is_staff_chat(chat_id):
+            await self.staff_chat_lost(chat_id)
+        else:
+            await self.citizen_unreachable(platform, chat_id, ticket_id)
+
+    async def staff_chat_lost(self, chat_id: int) -> None:
+        """The bot can no longer write to an agency's (or the coordinators') chat. The coordinators are
+        told once, until the bot is back; what failed meanwhile is sent again when it is."""
+        key = f"{LOST_CHAT}{chat_id}"
+        async with self.outbox.unit() as u:
+            if await u.repo.cursor(key) is not None:
+                return
+            await u.repo.save_cursor(key, u.now.isoformat(), u.now)
+            coordinators = self.chats.coordinators_chat
+            if chat_id == coordinators:
+                log.error("the coordinators' chat %s cannot be reached: add the bot back", chat_id)
+                return
+            await u.send(
+                STAFF_PLATFORM,
+                coordinators,
+                Outgoing(
+                    self.t.render(
+                        self.chat_locale(coordinators),
+                        "coordinators.chat_lost",
+                        chat=self._chat_name(chat_id),
+                    )
+                ),
+                dedupe_key=f"{key}:{u.now.isoformat()}",
+            )
+        log.warning("staff chat %s cannot be reached; coordinators told", chat_id)
+
+    async def staff_chat_back(self, chat_id: int) -> None:
+        """The bot was added back to a staff chat: resend what could not be delivered, and say so."""
+        key = f"{LOST_CHAT}{chat_id}"
+        async with self.outbox.unit() as u:
+            lost = await u.repo.cursor(key) is not None
+            await u.repo.drop_cursor(key)
+            resent = await u.repo.outbox_requeue_unreachable(STAFF_PLATFORM, chat_id, u.now)
+            coordinators = self.chats.coordinators_chat
+            if not lost and not resent:
+                return
+            if chat_id != coordinators:
+                await u.send(
+                    STAFF_PLATFORM,
+                    coordinators,
+                    Outgoing(
+                        self.t.plural(
+                            self.chat_locale(coordinators),
+                            "coordinators.chat_back",
+                            resent,
+                            chat=self._chat_name(chat_id),
+                        )
+                    ),
+                    dedupe_key=f"{key}:back:{u.now.isoformat()}",
+                )
+            u.queued += resent  # wakes the worker for the requeued rows
+        log.info("staff chat %s is reachable again; %s messages requeued", chat_id, resent)
+
+    def _chat_name(self, chat_id: int) -> str:
+        locale = self.chat_locale(self.chats.coordinators_chat)
+        agency = self.chats.agency_at(chat_id)
+        if agency is None:
+            return self.t.get(locale, "coordinators.own_chat")
+        return self.render.agency(locale, agency.id)
 
     async def chat_migrated(self, platform: Platform, old: int, new: int) -> None:
         """A group became a supergroup: remember where it went, so routing follows it after restarts."""

@@ -33,6 +33,10 @@ from storage.schema import (
     tickets,
 )
 
+# The worker records a permanent failure as "<reason>: <detail>"; these reasons mean the chat itself is
+# out of reach (as opposed to one message being wrong).
+UNREACHABLE_REASONS = ("blocked", "deactivated", "chat_not_found")
+
 
 class Repository:
     def __init__(self, conn: AsyncConnection) -> None:
@@ -374,6 +378,20 @@ class Repository:
             .values(status="failed", attempts=outbox.c.attempts + 1, last_error=error[:1000])
         )
 
+    async def outbox_requeue_unreachable(self, platform: Platform, chat_id: int, now: datetime) -> int:
+        """Give another go to what failed because the chat could not be reached; returns how many."""
+        result = await self.conn.execute(
+            outbox.update()
+            .where(
+                outbox.c.platform == platform.value,
+                outbox.c.chat_id == chat_id,
+                outbox.c.status == "failed",
+                sa.or_(*(outbox.c.last_error.startswith(f"{reason}:") for reason in UNREACHABLE_REASONS)),
+            )
+            .values(status="pending", attempts=0, next_attempt_at=now, last_error=None)
+        )
+        return int(result.rowcount)
+
     async def outbox_move_chat(self, platform: Platform, old_chat_id: int, new_chat_id: int) -> None:
         await self.conn.execute(
             outbox.update()
@@ -446,6 +464,9 @@ class Repository:
             )
         )
         return [(r.name, r.value) for r in rows]
+
+    async def drop_cursor(self, name: str) -> None:
+        await self.conn.execute(cursors.delete().where(cursors.c.name == name))
 
     async def save_cursor(self, name: str, value: str, now: datetime) -> None:
         await self.conn.execute(cursors.delete().where(cursors.c.name == name))

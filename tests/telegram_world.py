@@ -3,7 +3,9 @@ people who act in it (a citizen in a private chat, staff in agency groups)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from bot.app import App
 from bot.config import Routing
 from bot.domain import ALLOWED_ACTIONS, TicketStatus
 from bot.i18n import Translator
-from storage.schema import tickets
+from storage.schema import outbox, tickets
 from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, TOKEN, WASTE_CHAT, make_settings
 from tests.fakes.telegram import FakeTelegram
 
@@ -134,6 +136,17 @@ class World:
         async with self.app.db.read() as conn:
             value = await conn.scalar(sa.select(tickets.c.status).where(tickets.c.number == number))
         return TicketStatus(value)
+
+    async def settled(self, timeout: float = 30.0) -> list[Any]:
+        """Every outbox row, once none is pending any more."""
+        deadline = time.monotonic() + timeout
+        while True:
+            async with self.app.db.read() as conn:
+                rows = list(await conn.execute(sa.select(outbox).order_by(outbox.c.id)))
+            if all(row.status != "pending" for row in rows):
+                return rows
+            assert time.monotonic() < deadline, "the outbox did not drain"
+            await asyncio.sleep(0.05)
 
     async def ticket_count(self) -> int:
         async with self.app.db.read() as conn:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ MESSAGE_CALLS = frozenset(
     {"sendMessage", "sendPhoto", "sendMediaGroup", "editMessageText", "editMessageReplyMarkup"}
 )
 RETRY_AFTER = 1
-SETTLE_TIMEOUT = 30.0
 
 
 @dataclass
@@ -103,18 +101,6 @@ async def world(database_url: str, routing: Routing) -> AsyncIterator[World]:
         yield world
 
 
-async def settled(world: World) -> list[Any]:
-    """Every outbox row, once none is pending any more."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT
-    while True:
-        async with world.app.db.read() as conn:
-            rows = list(await conn.execute(sa.select(outbox_table).order_by(outbox_table.c.id)))
-        if all(row.status != "pending" for row in rows):
-            return rows
-        assert time.monotonic() < deadline, "the outbox did not drain"
-        await asyncio.sleep(0.05)
-
-
 def assert_each_row_arrived_once(world: World, rows: list[Any]) -> None:
     assert [row.id for row in rows if row.status != "sent"] == []
     by_chat: dict[int, list[Outgoing]] = {}
@@ -150,7 +136,7 @@ async def test_reports_and_answers_get_through_random_faults_exactly_once(world:
         await tg.press(ROADS_STAFF, card, f"t:take:{number}:new")
         await tg.send_text(ROADS_STAFF, f"Ответ по {number}", chat_id=ROADS_CHAT, reply_to=card["message_id"])
         await world.bot_says(user_id, lambda m, n=number: f"Ответ по {n}" in (m.get("text") or ""))
-    rows = await settled(world)
+    rows = await world.settled()
     chaos.on = False
 
     assert chaos.faults("429") and chaos.faults("5xx") and chaos.faults("drop"), (
@@ -165,7 +151,7 @@ async def test_a_card_with_photos_is_not_repeated_when_its_text_fails(world: Wor
     # The card goes as the photos, then its text with the buttons; the text's send fails once.
     world.tg.fail_next("sendMessage", error_code=502, chat_id=ROADS_CHAT)
     await world.file_report(CITIZENS[0], photos=2)
-    rows = await settled(world)
+    rows = await world.settled()
     assert_each_row_arrived_once(world, rows)
 
 

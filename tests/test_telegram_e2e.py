@@ -9,7 +9,15 @@ import pytest
 from bot.config import Routing
 from bot.domain import Platform, TicketStatus
 from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, WASTE_CHAT
-from tests.telegram_world import COORDINATOR, ROADS_STAFF, WASTE_STAFF, World, plain, running_world
+from tests.telegram_world import (
+    COORDINATOR,
+    ROADS_STAFF,
+    WASTE_STAFF,
+    Message,
+    World,
+    plain,
+    running_world,
+)
 
 ALICE = 1001
 BOB = 1002
@@ -333,6 +341,34 @@ async def test_a_citizen_who_cannot_be_reached_is_marked_and_the_agency_told_onc
     async with world.app.outbox.read() as repo:
         citizen = await repo.citizen_by_external(Platform.telegram, ALICE)
     assert citizen is not None and citizen.unreachable_at is not None
+
+
+@pytest.mark.parametrize("told", [True, False], ids=["bot told", "send fails"])
+async def test_a_lost_agency_chat_is_reported_once_and_its_cards_follow_when_the_bot_is_back(
+    world: World, told: bool
+) -> None:
+    tg = world.tg
+    lost = plain(world.t.render("ru", "coordinators.chat_lost", chat="Управление дорог"))
+
+    def notices(text: str) -> list[Message]:
+        return [m for m in tg.bot_messages(COORDINATORS_CHAT) if m.get("text") == text]
+
+    tg.remove_bot(ROADS_CHAT, tell_bot=told)
+    first = await world.file_report(ALICE)
+    second = await world.file_report(BOB, text="Ещё яма")
+    await tg.wait_until(lambda: len(notices(lost)) == 1)
+    await world.settled()
+    assert len(notices(lost)) == 1
+    assert not [m for m in tg.bot_messages(ROADS_CHAT) if f"#T{first}" in (m.get("text") or "")]
+
+    tg.add_bot(ROADS_CHAT)
+    back = plain(world.t.plural("ru", "coordinators.chat_back", 2, chat="Управление дорог"))
+    await world.bot_says(COORDINATORS_CHAT, lambda m: m.get("text") == back)
+    await world.card(ROADS_CHAT, first)
+    await world.card(ROADS_CHAT, second)
+    # A removal noticed again later is a new loss, told again.
+    tg.remove_bot(ROADS_CHAT)
+    await tg.wait_until(lambda: len(notices(lost)) == 2)
 
 
 async def test_blocking_the_bot_marks_the_citizen_and_writing_again_clears_it(world: World) -> None:

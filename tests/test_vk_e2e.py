@@ -214,3 +214,20 @@ async def test_every_vk_send_carries_a_random_id_and_a_resend_shows_once(both: V
     assert calls and all(int(c["random_id"]) > 0 for c in calls)
     assert len({c["random_id"] for c in calls}) < len(calls)  # the retry reused its random_id
     assert len(both.vk.bot_messages(ANNA)) == 1
+
+
+async def test_button_answers_and_sends_share_vk_rate_budget(both: VkWorld) -> None:
+    vk = both.vk
+    citizens = range(6001, 6016)
+    for user_id in citizens:
+        vk.add_user(user_id=user_id, first_name="Житель", lang="ru")
+    vk.enforce_limits = True  # 20 calls a second for the community's token, all methods together
+    for user_id in citizens:
+        await vk.send_text(user_id, "/new")
+    menus = {user_id: await both.keyboard(user_id, "c:") for user_id in citizens}
+    # Fifteen presses at once: fifteen answers to the buttons, fifteen prompts through the outbox.
+    events = [await vk.press(user_id, menus[user_id], {"d": "c:potholes"}) for user_id in citizens]
+    await vk.wait_until(lambda: all(vk.event_answer(e) is not None for e in events), timeout=TIMEOUT)
+    for user_id in citizens:
+        await both.keyboard(user_id, "d:cancel")
+    assert vk.stats.too_many_requests == 0

@@ -10,8 +10,10 @@ Time comes from an injected monotonic source, so tests move it by hand.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from bot.domain import Platform
@@ -161,6 +163,18 @@ class RateLimiter:
         sends = [send for window in windows for send in window.take(now, cost)]
         self._sweep(now)
         return Permit(0.0, sends, now, self.now)
+
+    @asynccontextmanager
+    async def slot(self, platform: Platform, chat_id: int = 0, cost: int = 1) -> AsyncIterator[None]:
+        """Wait until a call fits the limits, then count it: for requests made outside the outbox (a
+        button's answer, a profile lookup), which spend the same platform budget as its sends."""
+        # The wait is known from the windows; nothing else would signal that a slot opened.
+        while not (permit := self.acquire(platform, chat_id, cost)).granted:  # noqa: ASYNC110
+            await asyncio.sleep(permit.wait)
+        try:
+            yield
+        finally:
+            permit.finish()
 
     def _windows(self, platform: Platform, chat_id: int) -> Iterable[Window]:
         if platform in self._global:

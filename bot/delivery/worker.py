@@ -15,7 +15,7 @@ from bot.clock import Clock
 from bot.domain import Platform
 from bot.messages import Outgoing
 from storage.db import Database
-from storage.repository import Repository
+from storage.repository import UNREACHABLE_REASONS, Repository
 
 from .base import (
     ChatMigrated,
@@ -46,7 +46,7 @@ class DeliveryWorker:
         poll_seconds: float = 1.0,
         batch: int = 200,
         concurrency: int = 16,
-        on_unreachable: Callable[[Platform, int, int | None], Awaitable[None]] | None = None,
+        on_unreachable: Callable[[Platform, int, int | None, str], Awaitable[None]] | None = None,
         on_migrated: Callable[[Platform, int, int], Awaitable[None]] | None = None,
         backoff_base: float = 1.0,
         telegram_global_rate: int = 0,
@@ -54,11 +54,16 @@ class DeliveryWorker:
         telegram_group_rate: int = 0,
         vk_rate: int = 0,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: Callable[[str, str], None] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.on_unreachable = on_unreachable
+        # Told of every failed attempt as (kind, reason); for the metrics.
+        self.metrics = metrics
         self.on_migrated = on_migrated
         self.backoff_base = backoff_base
-        self.limiter = RateLimiter(
+        # Shared with whoever else calls the platforms directly (the VK handlers), so all spend one budget.
+        self.limiter = limiter or RateLimiter(
             Rates(
                 telegram_global=telegram_global_rate,
                 telegram_private=telegram_private_rate,
@@ -81,6 +86,10 @@ class DeliveryWorker:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def _count(self, kind: str, reason: str = "") -> None:
+        if self.metrics is not None:
+            self.metrics(kind, reason)
 
     def stop(self) -> None:
         self._stopping = True
@@ -160,9 +169,11 @@ class DeliveryWorker:
             finally:
                 permit.finish()
         except RetryAfter as error:
+            self._count("retry_after")
             await self._retry(row, timedelta(seconds=error.seconds), str(error), count=False)
             return False
         except ChatMigrated as error:
+            self._count("migrated")
             async with self.db.transaction() as conn:
                 await Repository(conn).outbox_move_chat(platform, row.chat_id, error.new_chat_id)
             log.warning("chat %s migrated to %s; its queue follows", row.chat_id, error.new_chat_id)
@@ -171,17 +182,20 @@ class DeliveryWorker:
             self.wake()
             return False
         except PermanentError as error:
+            self._count("permanent", error.reason)
             await self._fail(row, f"{error.reason}: {error}")
-            if error.reason in ("blocked", "deactivated") and self.on_unreachable is not None:
-                await self.on_unreachable(platform, row.chat_id, row.ticket_id)
+            if error.reason in UNREACHABLE_REASONS and self.on_unreachable is not None:
+                await self.on_unreachable(platform, row.chat_id, row.ticket_id, error.reason)
             return True
         except (TransientError, DeliveryError) as error:
+            self._count("transient")
             await self._backoff(row, str(error))
             return False
         except Exception as error:
             # A failure no messenger translated (an answer that is not JSON from a proxy, say) is
             # retried like a network fault, so it neither loops every poll nor blocks the chat forever.
             log.exception("outbox %s to %s: unexpected error", row.id, row.chat_id)
+            self._count("unexpected")
             await self._backoff(row, repr(error))
             return False
         await self._sent(row, platform, message, ids)

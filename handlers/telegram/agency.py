@@ -7,8 +7,9 @@ checks again that the chat may act on the particular ticket.
 from __future__ import annotations
 
 from aiogram import F, Router
+from aiogram.enums import ChatMemberStatus
 from aiogram.filters import Command, CommandObject
-from aiogram.types import CallbackQuery, Message
+from aiogram.types import CallbackQuery, ChatMemberUpdated, Message
 
 from bot.chats import ChatDirectory
 from bot.config import Routing
@@ -26,6 +27,14 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
     # Looked up on every update, so a chat that moved (group → supergroup) keeps its authority.
     router.message.filter(F.chat.id.func(chats.is_staff_chat))
     router.callback_query.filter(F.message.chat.id.func(chats.is_staff_chat))
+
+    @router.my_chat_member(F.chat.id.func(chats.is_staff_chat))
+    async def membership(update: ChatMemberUpdated, tickets: TicketService) -> None:
+        """The bot was removed from (or added back to) an agency's or the coordinators' chat."""
+        if update.new_chat_member.status in (ChatMemberStatus.KICKED, ChatMemberStatus.LEFT):
+            await tickets.staff_chat_lost(update.chat.id)
+        else:
+            await tickets.staff_chat_back(update.chat.id)
 
     @router.message(F.migrate_to_chat_id)
     async def migrated(message: Message, tickets: TicketService) -> None:

@@ -10,6 +10,7 @@ from vkbottle import API, VKAPIError
 from vkbottle.bot import BotLabeler, Message, MessageEvent
 from vkbottle_types.events import GroupEventType
 
+from bot.delivery.limits import RateLimiter, Rates
 from bot.dialog import CitizenDialog, CitizenInput, Person
 from bot.domain import Attachment, Location, MediaKind, Platform
 
@@ -24,13 +25,15 @@ LANGUAGES = {0: "ru", 3: "en"}
 class Names:
     """First names for greetings, asked from VK once per person per run."""
 
-    def __init__(self) -> None:
+    def __init__(self, limiter: RateLimiter) -> None:
         self._names: dict[int, str] = {}
+        self.limiter = limiter
 
     async def get(self, api: API, user_id: int) -> str:
         if user_id not in self._names:
             try:
-                response = await api.request("users.get", {"user_ids": user_id})
+                async with self.limiter.slot(Platform.vk):
+                    response = await api.request("users.get", {"user_ids": user_id})
                 self._names[user_id] = str(response["response"][0].get("first_name", ""))
             except (VKAPIError, KeyError, IndexError, OSError) as error:
                 log.info("no name for VK user %s: %r", user_id, error)
@@ -38,9 +41,11 @@ class Names:
         return self._names[user_id]
 
 
-def citizen_labeler(dialog: CitizenDialog) -> BotLabeler:
+def citizen_labeler(dialog: CitizenDialog, limiter: RateLimiter | None = None) -> BotLabeler:
+    """`limiter` is the one the outbox worker paces VK with: the handlers' own calls spend its budget."""
+    limiter = limiter or RateLimiter(Rates())
     labeler = BotLabeler()
-    names = Names()
+    names = Names(limiter)
 
     @labeler.private_message()
     async def on_message(message: Message) -> None:
@@ -97,7 +102,8 @@ def citizen_labeler(dialog: CitizenDialog) -> BotLabeler:
             snackbar = {"type": "show_snackbar", "text": toast[:90]}
             params["event_data"] = json.dumps(snackbar, ensure_ascii=False)
         try:
-            await event.ctx_api.request("messages.sendMessageEventAnswer", params)
+            async with limiter.slot(Platform.vk):
+                await event.ctx_api.request("messages.sendMessageEventAnswer", params)
         except VKAPIError as error:
             log.info("message event %s not answered: %r", event.event_id, error)
 

@@ -341,6 +341,7 @@ class FakeTelegram:
         self._deactivated: set[int] = set()
         self._started: set[int] = set()
         self._bot_left: set[int] = set()
+        self._bot_kicked: set[int] = set()
         self._files: dict[str, JSON] = {}
         self._photo_sets: dict[str, list[JSON]] = {}
         self._file_paths: dict[str, str] = {}
@@ -420,6 +421,27 @@ class FakeTelegram:
             return
         self._blocked.discard(user_id)
         self._my_chat_member(self.chats[user_id], self._user(user_id), "kicked", "member")
+
+    def remove_bot(self, chat_id: int, *, tell_bot: bool = True) -> None:
+        """An admin removes the bot from a group: sends there fail with 403 and the bot is told, unless
+        `tell_bot` is off (the update was lost: filtered out, or dropped while the bot was away)."""
+        chat = self.chats[chat_id]
+        self._bot_left.add(chat_id)
+        self._bot_kicked.add(chat_id)
+        if tell_bot:
+            members = sorted(self._members.get(chat_id, set()))
+            actor = self.users[members[0]] if members else ANONYMOUS_ADMIN
+            self._my_chat_member(chat, actor, "member", "kicked")
+
+    def add_bot(self, chat_id: int) -> None:
+        """An admin adds the bot (back) to a group."""
+        chat = self.chats[chat_id]
+        old = "kicked" if chat_id in self._bot_kicked else "left"
+        self._bot_left.discard(chat_id)
+        self._bot_kicked.discard(chat_id)
+        members = sorted(self._members.get(chat_id, set()))
+        actor = self.users[members[0]] if members else ANONYMOUS_ADMIN
+        self._my_chat_member(chat, actor, old, "member")
 
     def deactivate(self, user_id: int) -> None:
         self._user(user_id)
@@ -1237,6 +1259,8 @@ class FakeTelegram:
                     raise _forbidden("bot was blocked by the user")
                 if chat_id not in self._started:
                     raise _forbidden("bot can't initiate conversation with a user")
+            elif chat_id in self._bot_kicked:
+                raise _forbidden(f"bot was kicked from the {chat['type']} chat")
             elif chat_id in self._bot_left:
                 raise _forbidden(f"bot is not a member of the {chat['type']} chat")
         return chat
