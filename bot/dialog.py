@@ -299,6 +299,10 @@ class CitizenDialog:
         if draft is None:
             return self.t.get(locale, "toast.nothing_to_confirm")
         if value == "skip":
+            if draft.step != "location":
+                # A skip button from an earlier prompt (pressed again while the bot was away, say):
+                # the step is behind, and a second summary would only confuse.
+                return self.t.get(locale, "toast.unknown_button")
             draft.location_done = True
             async with self.outbox.unit() as u:
                 await self._close_keyboard(u, who, message_id)

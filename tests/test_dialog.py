@@ -45,3 +45,21 @@ async def test_a_citizen_may_file_only_so_many_reports_an_hour(
     await file(dialog, "четвёртая")
     async with db.read() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(tickets)) == 3
+
+
+async def test_a_skip_pressed_again_after_the_summary_changes_nothing(
+    db: Database, routing: Routing, clock: ManualClock
+) -> None:
+    translator = Translator()
+    box = Outbox(db, clock)
+    dialog = CitizenDialog(box, TicketService(box, routing, translator), routing, translator, Limits())
+    await dialog.message(CitizenInput(who=WHO, text="яма"))
+    await dialog.press(WHO, "c:potholes", 1)
+    assert await dialog.press(WHO, "d:skip", 2) == ""
+    async with db.read() as conn:
+        queued = await conn.scalar(sa.select(sa.func.count()).select_from(outbox))
+    # The same skip button again (say, pressed while the bot was restarting): no second summary.
+    assert await dialog.press(WHO, "d:skip", 2) == translator.get("ru", "toast.unknown_button")
+    async with db.read() as conn:
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(outbox)) == queued
+    assert await dialog.press(WHO, "d:confirm", 3) == translator.get("ru", "toast.registered")
