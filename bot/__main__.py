@@ -50,7 +50,12 @@ class RedactSecrets(logging.Filter):
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    tokens = (settings.telegram_bot_token, settings.vk_group_token)
+    tokens = (
+        settings.telegram_bot_token,
+        settings.vk_group_token,
+        settings.webhook_secret,
+        settings.vk_callback_secret,
+    )
     handler.addFilter(RedactSecrets([token.get_secret_value() for token in tokens if token is not None]))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
 

@@ -30,9 +30,13 @@ from bot.delivery.worker import DeliveryWorker
 from bot.dialog import CitizenDialog, Limits
 from bot.domain import Platform
 from bot.i18n import Translator
+from bot.metrics import Metrics
 from bot.tickets import TicketService
+from bot.web import Handler, HttpServer
 from handlers.telegram import get_routers
 from handlers.telegram.polling import DurablePolling
+from handlers.telegram.webhook import TelegramWebhook
+from handlers.vk.callback import VkCallback
 from handlers.vk.citizen import citizen_labeler
 from handlers.vk.polling import VkPolling
 from scheduler.jobs import Jobs
@@ -40,6 +44,8 @@ from scheduler.setup import build_scheduler
 from storage.db import Database
 
 log = logging.getLogger("civicdesk")
+
+Receiver = DurablePolling | TelegramWebhook | VkPolling | VkCallback
 
 CITIZEN_COMMANDS = ("start", "new", "my", "status", "lang", "cancel", "help")
 STAFF_COMMANDS = ("history", "card", "help")
@@ -64,6 +70,8 @@ class App:
             citizen_update_every=self.policy.citizen_update_every,
         )
         self.jobs = Jobs(Deadlines(self.tickets, self.policy), self.clock)
+        self.metrics = Metrics()
+        self.jobs.on_scan = self.metrics.scan_finished
         self.scheduler = build_scheduler(self.jobs, self.settings.scheduler_interval)
         self.dialog = CitizenDialog(
             self.outbox,
@@ -84,7 +92,8 @@ class App:
         self.bot: Bot | None = self._telegram_bot() if telegram_on else None
         self.media = MediaFetcher(self.bot)
         messengers: dict[Platform, Messenger] = {}
-        self.pollers: list[DurablePolling | VkPolling] = []
+        # What takes updates in, by polling or over HTTP; each stores them in the inbox first.
+        self.pollers: list[Receiver] = []
         if self.bot is not None:
             messengers[Platform.telegram] = TelegramMessenger(self.bot, self.media.fetch)
             self.pollers.append(self._telegram_polling(self.bot))
@@ -96,16 +105,7 @@ class App:
             self.vk_api.API_URL = self.settings.vk_api_url
             vk_bot = VkBot(api=self.vk_api, labeler=citizen_labeler(self.dialog, self.limiter))
             messengers[Platform.vk] = VkMessenger(self.vk_api, self.settings.vk_group_id, self.media.fetch)
-            self.pollers.append(
-                VkPolling(
-                    self.vk_api,
-                    vk_bot.router,
-                    self.settings.vk_group_id,
-                    self.db,
-                    self.clock,
-                    wait=self.settings.vk_polling_wait,
-                )
-            )
+            self.pollers.append(self._vk_receiver(self.vk_api, vk_bot))
         self.worker = DeliveryWorker(
             self.db,
             messengers,
@@ -116,8 +116,12 @@ class App:
             on_migrated=self.tickets.chat_migrated,
             backoff_base=self.settings.outbox_backoff_base,
             limiter=self.limiter,
+            metrics=self.metrics.send_error,
         )
         self.outbox.subscribe(self.worker.wake)
+        for receiver in self.pollers:
+            receiver.intake.on_handled = self.metrics.update_handled
+        self.http = self._http_server(list(messengers))
         self._tasks: list[asyncio.Task[None]] = []
 
     def _telegram_bot(self) -> Bot:
@@ -128,7 +132,7 @@ class App:
             token.get_secret_value(), session=session, default=DefaultBotProperties(parse_mode=ParseMode.HTML)
         )
 
-    def _telegram_polling(self, bot: Bot) -> DurablePolling:
+    def _telegram_polling(self, bot: Bot) -> DurablePolling | TelegramWebhook:
         self.dispatcher = Dispatcher(
             tickets=self.tickets, dialog=self.dialog, outbox=self.outbox, routing=self.routing
         )
@@ -136,6 +140,17 @@ class App:
             *get_routers(self.routing, self.settings.album_wait_seconds, self.tickets.chats)
         )
         allowed = sorted(self.dispatcher.resolve_used_update_types())
+        if self.settings.telegram_mode == "webhook":
+            assert self.settings.webhook_url is not None and self.settings.webhook_secret is not None
+            return TelegramWebhook(
+                bot,
+                self.dispatcher,
+                self.db,
+                self.clock,
+                url=self.settings.webhook_url,
+                secret=self.settings.webhook_secret.get_secret_value(),
+                allowed_updates=allowed,
+            )
         return DurablePolling(
             bot,
             self.dispatcher,
@@ -143,6 +158,46 @@ class App:
             self.clock,
             timeout=self.settings.polling_timeout,
             allowed_updates=allowed,
+        )
+
+    def _vk_receiver(self, api: API, vk_bot: VkBot) -> VkPolling | VkCallback:
+        settings = self.settings
+        assert settings.vk_group_id is not None
+        if settings.vk_mode == "callback":
+            assert settings.vk_callback_secret is not None and settings.vk_confirmation_code is not None
+            return VkCallback(
+                api,
+                vk_bot.router,
+                settings.vk_group_id,
+                self.db,
+                self.clock,
+                secret=settings.vk_callback_secret.get_secret_value(),
+                confirmation_code=settings.vk_confirmation_code,
+            )
+        return VkPolling(
+            api, vk_bot.router, settings.vk_group_id, self.db, self.clock, wait=settings.vk_polling_wait
+        )
+
+    def _http_server(self, platforms: list[Platform]) -> HttpServer | None:
+        """One server for the webhook, the VK callback and health; None when nothing needs it."""
+        port = self.settings.http_listen_port
+        if port is None:
+            return None
+        routes: dict[str, Handler] = {}
+        for receiver in self.pollers:
+            if isinstance(receiver, TelegramWebhook):
+                routes[self.settings.webhook_path] = receiver.handle
+            elif isinstance(receiver, VkCallback):
+                routes[self.settings.vk_callback_path] = receiver.handle
+        return HttpServer(
+            self.settings.http_host,
+            port,
+            db=self.db,
+            clock=self.clock,
+            metrics=self.metrics,
+            platforms=platforms,
+            max_outbox_lag=self.settings.health_max_outbox_lag,
+            routes=routes,
         )
 
     @property
@@ -155,18 +210,29 @@ class App:
         async with self.outbox.read() as repo:
             await self.tickets.chats.load(repo)
         described = []
+        if self.http is not None:
+            # Listening before the webhook is set, so Telegram's first call finds the server up.
+            await self.http.start()
+            described.append(f"HTTP on {self.http.host}:{self.http.port}")
         if self.bot is not None:
             me = await self.bot.get_me()
-            await self.bot.delete_webhook(drop_pending_updates=False)
+            webhooks = [r for r in self.pollers if isinstance(r, TelegramWebhook)]
+            for webhook in webhooks:
+                await webhook.prepare()
+            if not webhooks:
+                await self.bot.delete_webhook(drop_pending_updates=False)
             await self._set_commands(self.bot)
-            described.append(f"Telegram on as @{me.username}")
+            how = f"webhook at {self.settings.webhook_path}" if webhooks else "polling"
+            described.append(f"Telegram on as @{me.username} ({how})")
         else:
             described.append("Telegram off (agency cards wait in the outbox until it is on)")
         if self.vk_api is not None:
             for poller in self.pollers:
                 if isinstance(poller, VkPolling):
                     await poller.prepare()
-            described.append(f"VK on for community {self.settings.vk_group_id}")
+            callback = self.settings.vk_mode == "callback"
+            how = f"callback at {self.settings.vk_callback_path}" if callback else "long poll"
+            described.append(f"VK on for community {self.settings.vk_group_id} ({how})")
         else:
             described.append("VK off")
         self.scheduler.start()
@@ -196,6 +262,9 @@ class App:
             task.result()
 
     async def stop(self) -> None:
+        if self.http is not None:
+            # First, so nothing new is stored while the receivers finish what they hold.
+            await self.http.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         for poller in self.pollers:

@@ -65,6 +65,11 @@ __all__ = [
 
 ENV_FILE: Final = ".env"
 _ENV_HINT: Final = "Set it in the environment or in .env (see .env.example)."
+DEFAULT_HTTP_PORT: Final = 8080
+# Telegram's rule for setWebhook's secret_token; VK takes a secret key of up to 50 characters.
+_WEBHOOK_SECRET: Final = re.compile(r"[A-Za-z0-9_-]{1,256}")
+_VK_SECRET: Final = re.compile(r"\S{1,50}")
+_HTTP_PATH: Final = re.compile(r"/[A-Za-z0-9/_.~-]*")
 
 
 class ConfigError(Exception):
@@ -178,6 +183,127 @@ class Settings(BaseSettings):
     vk_polling_wait: int = Field(default=25, ge=1, le=90, description="VK Bots Long Poll wait in seconds.")
     vk_rate: int = Field(default=20, ge=0, description="VK API requests per second for sending; 0: no limit.")
 
+    telegram_mode: Literal["polling", "webhook"] = Field(
+        default="polling",
+        description="How Telegram updates arrive: long polling, or a webhook Telegram calls.",
+    )
+    webhook_url: str | None = Field(
+        default=None, description="Public https URL Telegram posts updates to (webhook mode)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret Telegram sends with every webhook call: 1-256 of A-Z, a-z, 0-9, _ and -.",
+    )
+    webhook_path: str = Field(default="/telegram", description="Path the HTTP server takes webhook calls on.")
+    vk_mode: Literal["longpoll", "callback"] = Field(
+        default="longpoll", description="How VK events arrive: Bots Long Poll, or the Callback API."
+    )
+    vk_callback_secret: SecretStr | None = Field(
+        default=None, description="The Callback API secret key from the community's settings (callback mode)."
+    )
+    vk_confirmation_code: str | None = Field(
+        default=None, description="The string the community's Callback API settings ask the server to return."
+    )
+    vk_callback_path: str = Field(default="/vk", description="Path the HTTP server takes VK callbacks on.")
+    http_host: str = Field(
+        default="127.0.0.1", description="Address the HTTP server (webhook, VK callback, health) listens on."
+    )
+    http_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="HTTP server port; unset: 8080 when a webhook or callback needs it, else no server.",
+    )
+    health_max_outbox_lag: float = Field(
+        default=300.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds the oldest undelivered message may wait before /healthz reports degraded.",
+    )
+
+    @property
+    def http_listen_port(self) -> int | None:
+        """The HTTP server's port, None when nothing needs the server."""
+        if self.http_port is not None:
+            return self.http_port
+        if self.telegram_mode == "webhook" or self.vk_mode == "callback":
+            return DEFAULT_HTTP_PORT
+        return None
+
+    @field_validator("telegram_mode", "vk_mode", mode="before")
+    @classmethod
+    def _lower_mode(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("webhook_url", "vk_confirmation_code", "http_port", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _https_webhook(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith("https://"):
+            raise ValueError("must start with https:// (Telegram calls webhooks over HTTPS only)")
+        return value
+
+    @field_validator("webhook_secret", "vk_callback_secret", mode="before")
+    @classmethod
+    def _blank_secret_is_none(cls, value: object) -> object:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _telegram_secret_charset(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _WEBHOOK_SECRET.fullmatch(value.get_secret_value()):
+            raise ValueError("use 1-256 characters, each a letter A-Z or a-z, a digit, _ or -")
+        return value
+
+    @field_validator("vk_callback_secret")
+    @classmethod
+    def _vk_secret_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _VK_SECRET.fullmatch(value.get_secret_value()):
+            raise ValueError("use at most 50 characters without spaces, as VK allows")
+        return value
+
+    @field_validator("webhook_path", "vk_callback_path")
+    @classmethod
+    def _path_shape(cls, value: str) -> str:
+        value = value.strip()
+        if not _HTTP_PATH.fullmatch(value):
+            raise ValueError('must start with "/" and hold only letters, digits and "/_.-~", e.g. /telegram')
+        return value
+
+    @model_validator(mode="after")
+    def _modes_complete(self) -> Settings:
+        problems: list[str] = []
+        if self.telegram_mode == "webhook":
+            problems += [
+                f"{name} is not set: TELEGRAM_MODE=webhook needs WEBHOOK_URL and WEBHOOK_SECRET"
+                for name, value in (
+                    ("WEBHOOK_URL", self.webhook_url),
+                    ("WEBHOOK_SECRET", self.webhook_secret),
+                )
+                if value is None
+            ]
+        if self.vk_mode == "callback":
+            problems += [
+                f"{name} is not set: VK_MODE=callback needs VK_CALLBACK_SECRET and VK_CONFIRMATION_CODE"
+                for name, value in (
+                    ("VK_CALLBACK_SECRET", self.vk_callback_secret),
+                    ("VK_CONFIRMATION_CODE", self.vk_confirmation_code),
+                )
+                if value is None
+            ]
+        taken = {"/healthz": "the health check", "/metrics": "the metrics"}
+        for name, path in (("WEBHOOK_PATH", self.webhook_path), ("VK_CALLBACK_PATH", self.vk_callback_path)):
+            if path in taken:
+                problems.append(f"{name}: {path} is taken by {taken[path]}; choose another path")
+            taken[path] = name
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
     @field_validator("overdue_repeat", "citizen_update_interval", "resolved_autoclose", "need_info_timeout")
     @classmethod
     def _duration_or_off(cls, value: str, info: ValidationInfo) -> str:
@@ -266,7 +392,10 @@ def _env_names() -> dict[str, str]:
 
 
 def _settings_problem(error: ErrorDetails, env_names: Mapping[str, str]) -> str:
-    head = str(error["loc"][0]) if error["loc"] else ""
+    if not error["loc"]:
+        # A check across several settings: its message names them itself.
+        return _strip_value_error(str(error["msg"])).replace("\n", "\n  ")
+    head = str(error["loc"][0])
     env = env_names.get(head.lower(), head.upper()) or "SETTINGS"
     # Only `msg` is used: `input` could be the bot token.
     return f"{env}: {_strip_value_error(str(error['msg']))}"

@@ -37,6 +37,8 @@ class Intake:
         # Inbox rows being handled now: after a restart the same row can come from the replay and
         # again from the platform's redelivery, and must be handled once.
         self._in_flight: set[int] = set()
+        # Told of every update handled (True) or whose handler raised (False); for the metrics.
+        self.on_handled: Callable[[Platform, bool], None] | None = None
 
     async def accept(
         self, updates: Sequence[tuple[str, dict[str, Any]]], cursor: tuple[str, str] | None = None
@@ -86,13 +88,17 @@ class Intake:
                 seen = await Repository(conn).was_processed(self.platform, key)
             if not seen:
                 token = current_origin.set(Origin(self.platform, key))
+                ok = False
                 try:
                     await self.handler(payload)
+                    ok = True
                 except Exception:
                     # One bad update must not stop the others; it is logged and not retried forever.
                     log.exception("%s update %s failed", self.platform.value, key)
                 finally:
                     current_origin.reset(token)
+                if self.on_handled is not None:
+                    self.on_handled(self.platform, ok)
             async with self.db.transaction() as conn:
                 repo = Repository(conn)
                 await repo.mark_processed(self.platform, key, self.clock.now())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from bot.clock import Clock
 from bot.deadlines import Deadlines
@@ -16,6 +17,8 @@ class Jobs:
         self.deadlines = deadlines
         self.clock = clock
         self.last_scan_ms = 0.0
+        # Told each scan's duration in seconds and whether it succeeded; for the metrics.
+        self.on_scan: Callable[[float, bool], None] | None = None
 
     async def scan(self) -> dict[str, int]:
         started = time.perf_counter()
@@ -24,8 +27,13 @@ class Jobs:
         except Exception:
             # The next scan tries again: nothing was marked sent in a transaction that failed.
             log.exception("scheduler scan failed")
+            if self.on_scan is not None:
+                self.on_scan(time.perf_counter() - started, False)
             return {}
-        self.last_scan_ms = (time.perf_counter() - started) * 1000
+        elapsed = time.perf_counter() - started
+        self.last_scan_ms = elapsed * 1000
+        if self.on_scan is not None:
+            self.on_scan(elapsed, True)
         if any(done.values()):
             log.info(
                 "scan: %s in %.0f ms", ", ".join(f"{k}={v}" for k, v in done.items() if v), self.last_scan_ms

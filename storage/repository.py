@@ -495,6 +495,24 @@ class Repository:
                 )
             )
 
+    # health and metrics
+
+    async def ticket_counts(self) -> dict[str, int]:
+        """How many tickets are in each status (statuses without tickets are left out)."""
+        rows = await self.conn.execute(
+            sa.select(tickets.c.status, sa.func.count()).group_by(tickets.c.status)
+        )
+        return {str(status): int(count) for status, count in rows}
+
+    async def outbox_backlog(self) -> dict[str, tuple[int, datetime]]:
+        """Per platform with undelivered messages: how many, and when the oldest was queued."""
+        rows = await self.conn.execute(
+            sa.select(outbox.c.platform, sa.func.count(), sa.func.min(outbox.c.created_at))
+            .where(outbox.c.status == "pending")
+            .group_by(outbox.c.platform)
+        )
+        return {str(platform): (int(count), oldest) for platform, count, oldest in rows}
+
 
 def _citizen(row: sa.Row[Any]) -> Citizen:
     return Citizen(

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from bot.app import App
+from bot.clock import Clock, SystemClock
 from bot.config import Routing
 from bot.domain import ALLOWED_ACTIONS, TicketStatus
 from bot.i18n import Translator
@@ -171,7 +172,9 @@ def _card_status(tg: FakeTelegram, card: Message) -> str:
 
 
 @asynccontextmanager
-async def running_world(database_url: str, routing: Routing, **settings: object) -> AsyncIterator[World]:
+async def running_world(
+    database_url: str, routing: Routing, clock: Clock | None = None, **settings: object
+) -> AsyncIterator[World]:
     async with FakeTelegram(token=TOKEN, bot_id=123456, bot_username="civicdesk_test_bot") as tg:
         for chat_id, title in ((ROADS_CHAT, "Roads"), (WASTE_CHAT, "Waste"), (COORDINATORS_CHAT, "Centre")):
             tg.add_group(chat_id=chat_id, title=title, type="supergroup")
@@ -182,7 +185,7 @@ async def running_world(database_url: str, routing: Routing, **settings: object)
         ):
             tg.add_user(user_id=user_id, first_name=name, language_code="ru")
             tg.add_member(chat_id, user_id)
-        app = App(make_settings(database_url, tg.base_url, **settings), routing)
+        app = App(make_settings(database_url, tg.base_url, **settings), routing, clock or SystemClock())
         await app.start()
         try:
             yield World(tg, app, routing, app.translator)

@@ -17,7 +17,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 
 from .html_check import HtmlParseError, checked_link, format_text, utf16_len
@@ -36,6 +38,8 @@ GROUP_WINDOW, GROUP_LIMIT = 60.0, 20
 GLOBAL_WINDOW, GLOBAL_LIMIT = 1.0, 30
 # Telegram leaves these out unless the bot asks for them by name.
 OPT_IN_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
+WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 POLL_CONFLICT = (
     "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
 )
@@ -322,6 +326,15 @@ class FakeTelegram:
         self.chat_actions: list[tuple[int, str]] = []
         self.commands: dict[str, list[JSON]] = {}
         self.webhook: JSON | None = None
+        # Where a TLS proxy in front of the bot forwards webhook calls (scheme, host and port replace
+        # those of the webhook URL); None: the webhook is unreachable and updates wait, since tests make
+        # no calls beyond the loopback.
+        self.webhook_forward: str | None = None
+        # Every webhook call: {"update_id", "status"} (status 0: no HTTP answer at all).
+        self.webhook_posts: list[JSON] = []
+        self.webhook_retry_delay = 0.05
+        self._webhook_error: tuple[int, str] | None = None
+        self._webhook_task: asyncio.Task[None] | None = None
         self.stats = FakeStats()
         self.enforce_limits = False
         # Telegram shows an unknown "&name;" literally; refusing it catches escaping bugs early.
@@ -379,10 +392,16 @@ class FakeTelegram:
         await site.start()
         self._site_port = int(self._runner.addresses[0][1])
         self._closing = False
+        self._webhook_task = asyncio.create_task(self._webhook_loop())
 
     async def stop(self) -> None:
         self._closing = True
         await self._notify()
+        if self._webhook_task is not None:
+            self._webhook_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._webhook_task
+            self._webhook_task = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -500,6 +519,16 @@ class FakeTelegram:
         self._failures.append(
             _Failure(method.lower(), error_code, description, params or None, times, chat_id)
         )
+
+    def forward_webhooks(self, base_url: str) -> None:
+        """Deliver webhook calls to `base_url` plus the webhook URL's path, as a TLS proxy would."""
+        self.webhook_forward = base_url.rstrip("/")
+        self._signal()
+
+    def redeliver(self, update: JSON) -> None:
+        """Send an update again, as Telegram does when it is not sure the bot got it."""
+        self._pending.append(copy.deepcopy(update))
+        self._signal()
 
     def drop_next(self, method: str, times: int = 1) -> None:
         """Close the connection without answering the next `times` calls of `method`."""
@@ -1484,10 +1513,14 @@ class FakeTelegram:
             return True
         if not url.startswith("https://"):
             raise _bad("bad webhook: An HTTPS URL must be provided for webhook")
+        secret = params.get("secret_token")
+        if secret is not None and not WEBHOOK_SECRET.fullmatch(str(secret)):
+            raise _bad("bad webhook: secret token contains unallowed characters")
         if _truthy(params.get("drop_pending_updates")):
             self._pending.clear()
-        # The fake records the webhook but never calls it; tests drive webhook handlers directly.
+        # Pending updates then go to the webhook, one at a time, oldest first (see _webhook_loop).
         self.webhook = {key: value for key, value in params.items() if key != "certificate"}
+        self._webhook_error = None
         if isinstance(params.get("allowed_updates"), list):
             self._set_allowed(params["allowed_updates"])
         return True
@@ -1508,7 +1541,65 @@ class FakeTelegram:
             info["max_connections"] = int(self.webhook.get("max_connections") or 40)
             if self._allowed_updates is not None:
                 info["allowed_updates"] = sorted(self._allowed_updates)
+            if self._webhook_error is not None:
+                info["last_error_date"], info["last_error_message"] = self._webhook_error
         return info
+
+    def _webhook_next(self) -> JSON | None:
+        if not self.webhook or self.webhook_forward is None:
+            return None
+        batch = self._deliverable(1)
+        return batch[0] if batch else None
+
+    async def _webhook_loop(self) -> None:
+        """Telegram's side of a webhook: the oldest pending update is POSTed until it is answered 200,
+        then the next; a failed call is tried again after a pause that grows, as Telegram does."""
+        delay = 0.0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            while True:
+                async with self._cond:
+                    await self._cond.wait_for(lambda: self._closing or self._webhook_next() is not None)
+                    if self._closing:
+                        return
+                    update = self._webhook_next()
+                    hook = dict(self.webhook or {})
+                if update is None:
+                    continue
+                status, reason = await self._post_webhook(session, hook, update)
+                self.webhook_posts.append({"update_id": update["update_id"], "status": status})
+                if status == 200:
+                    delay = 0.0
+                    self._delivered(update)
+                    continue
+                self._webhook_error = (_now(), f"Wrong response from the webhook: {status} {reason}".strip())
+                delay = min(max(delay * 2, self.webhook_retry_delay), 1.0)
+                self._signal()
+                with contextlib.suppress(TimeoutError):
+                    async with self._cond:
+                        await asyncio.wait_for(self._cond.wait_for(lambda: self._closing), delay)
+
+    async def _post_webhook(
+        self, session: aiohttp.ClientSession, hook: JSON, update: JSON
+    ) -> tuple[int, str]:
+        parts = urlsplit(str(hook.get("url") or ""))
+        url = f"{self.webhook_forward}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
+        headers = {SECRET_HEADER: str(hook["secret_token"])} if hook.get("secret_token") else {}
+        try:
+            async with session.post(
+                url, data=json.dumps(update), headers={**headers, "Content-Type": "application/json"}
+            ) as response:
+                await response.read()
+                return response.status, response.reason or ""
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            return 0, type(error).__name__
+
+    def _delivered(self, update: JSON) -> None:
+        for index, pending in enumerate(self._pending):
+            if pending["update_id"] == update["update_id"]:
+                del self._pending[index]
+                break
+        self.confirmed_update_id = max(self.confirmed_update_id, update["update_id"])
+        self._signal()
 
     async def _api_set_my_commands(self, params: JSON, files: dict[str, _Upload]) -> Any:
         commands = params.get("commands")

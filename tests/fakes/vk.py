@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
+import aiohttp
 from aiohttp import web
 
 __all__ = ["FakeStats", "FakeVK", "VKError"]
@@ -259,6 +260,13 @@ class FakeVK:
         self._serial = 0
 
         self._lp_events: deque[tuple[int, JSON]] = deque(maxlen=history)
+        # The community's Callback API server: {"url", "secret"}; None: events go to long poll only.
+        self.callback: JSON | None = None
+        # Every callback call of an event: {"event_id", "status", "text"} (status 0: no HTTP answer).
+        self.callback_posts: list[JSON] = []
+        self.callback_retry_delay = 0.05
+        self._callback_queue: deque[JSON] = deque()
+        self._callback_task: asyncio.Task[None] | None = None
         self._next_ts = 1
         self._keys: set[str] = set()
 
@@ -292,10 +300,16 @@ class FakeVK:
         await site.start()
         self._site_port = int(self._runner.addresses[0][1])
         self._closing = False
+        self._callback_task = asyncio.create_task(self._callback_loop())
 
     async def stop(self) -> None:
         self._closing = True
         await self._notify()
+        if self._callback_task is not None:
+            self._callback_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._callback_task
+            self._callback_task = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -536,6 +550,21 @@ class FakeVK:
     def push_event(self, kind: str, obj: JSON) -> JSON:
         """Any other Bots Long Poll event, as VK would deliver it."""
         return self._push(kind, obj)
+
+    def set_callback(self, url: str, secret: str) -> None:
+        """Add a Callback API server: every event from now on is also POSTed there, with the secret,
+        until it answers "ok" (an event not confirmed is sent again, as VK does)."""
+        self.callback = {"url": url, "secret": secret}
+        self._signal()
+
+    async def callback_post(self, url: str, body: JSON) -> tuple[int, str]:
+        """One call to a Callback API server as VK makes it; returns (HTTP status, response text)."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            return await self._post_callback(session, url, body)
+
+    async def confirm_callback(self, url: str) -> tuple[int, str]:
+        """The confirmation request VK sends when a server address is added to the community."""
+        return await self.callback_post(url, {"type": "confirmation", "group_id": self.group_id})
 
     def replay(self, event: JSON) -> JSON:
         """Deliver an event again under a new ts, same event_id: VK redelivers when unsure it arrived."""
@@ -826,10 +855,47 @@ class FakeVK:
         return event
 
     def _deliver(self, event: JSON) -> None:
+        if self.callback is not None:
+            self._callback_queue.append(copy.deepcopy(event))
         self._lp_events.append((self._next_ts, event))
         self._next_ts += 1
         self.events.append(event)
         self._signal()
+
+    async def _callback_loop(self) -> None:
+        """VK's side of the Callback API: events go one at a time, oldest first, each until "ok"."""
+        delay = 0.0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            while True:
+                async with self._cond:
+                    await self._cond.wait_for(
+                        lambda: self._closing or (self.callback is not None and bool(self._callback_queue))
+                    )
+                    if self._closing:
+                        return
+                    event, server = self._callback_queue[0], dict(self.callback or {})
+                body = {**event, "secret": server["secret"]}
+                status, text = await self._post_callback(session, server["url"], body)
+                self.callback_posts.append({"event_id": event["event_id"], "status": status, "text": text})
+                if status == 200 and text == "ok":
+                    delay = 0.0
+                    self._callback_queue.popleft()
+                    self._signal()
+                    continue
+                delay = min(max(delay * 2, self.callback_retry_delay), 1.0)
+                self._signal()
+                with contextlib.suppress(TimeoutError):
+                    async with self._cond:
+                        await asyncio.wait_for(self._cond.wait_for(lambda: self._closing), delay)
+
+    @staticmethod
+    async def _post_callback(session: aiohttp.ClientSession, url: str, body: JSON) -> tuple[int, str]:
+        try:
+            headers = {"Content-Type": "application/json"}
+            async with session.post(url, data=_dumps(body), headers=headers) as response:
+                return response.status, await response.text()
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            return 0, type(error).__name__
 
     def _message_ref(self, message: JSON | int) -> JSON:
         message_id = message["id"] if isinstance(message, dict) else int(message)
