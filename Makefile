@@ -33,8 +33,14 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The suite runs twice: on SQLite, then on PostgreSQL when a server answers at TEST_POSTGRES_URL (a fresh
+# database per test; the tests that use no database ran in the first pass already).
+TEST_POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
+export TEST_POSTGRES_URL
+
 test: lint
 	$(VENV)/bin/pytest -q
+	@if $(PY) -m tests.databases; then $(VENV)/bin/pytest -q -rs --db=postgres; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
@@ -14,8 +18,6 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, BotCommandScopeAllPrivateChats
-from vkbottle import API
-from vkbottle.bot import Bot as VkBot
 
 from bot.clock import Clock, SystemClock
 from bot.config import Routing, Settings, channels
@@ -24,28 +26,38 @@ from bot.delivery.base import Messenger
 from bot.delivery.limits import RateLimiter, Rates
 from bot.delivery.media import MediaFetcher
 from bot.delivery.outbox import Outbox
+from bot.delivery.shared_limits import SharedLimits
 from bot.delivery.telegram import TelegramMessenger
-from bot.delivery.vk import VkMessenger
 from bot.delivery.worker import DeliveryWorker
 from bot.dialog import CitizenDialog, Limits
 from bot.domain import Platform
 from bot.i18n import Translator
+from bot.intake import Intake
 from bot.metrics import Metrics
 from bot.tickets import TicketService
 from bot.web import Handler, HttpServer
 from handlers.telegram import get_routers
 from handlers.telegram.polling import DurablePolling
 from handlers.telegram.webhook import TelegramWebhook
-from handlers.vk.callback import VkCallback
-from handlers.vk.citizen import citizen_labeler
-from handlers.vk.polling import VkPolling
 from scheduler.jobs import Jobs
 from scheduler.setup import build_scheduler
 from storage.db import Database
 
+if TYPE_CHECKING:
+    from handlers.vk.channel import VkChannel
+
 log = logging.getLogger("civicdesk")
 
-Receiver = DurablePolling | TelegramWebhook | VkPolling | VkCallback
+
+class Receiver(Protocol):
+    """Takes updates in, by polling or over HTTP, storing each in its inbox first."""
+
+    intake: Intake
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
 
 CITIZEN_COMMANDS = ("start", "new", "my", "status", "lang", "cancel", "help")
 STAFF_COMMANDS = ("history", "card", "help")
@@ -60,6 +72,8 @@ class App:
     def __post_init__(self) -> None:
         telegram_on, vk_on = channels(self.settings)
         self.db = Database(self.settings.database_url)
+        # Names this process among instances sharing the database (in outbox claims and logs).
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.translator = Translator(default=self.routing.default_locale)
         self.outbox = Outbox(self.db, self.clock)
         self.policy = self.settings.policy()
@@ -80,6 +94,13 @@ class App:
             self.translator,
             Limits(max_text=self.settings.max_report_length, max_photos=self.settings.max_photos),
         )
+        # With REDIS_URL, the instances of one bot share that budget through Redis.
+        redis_url = self.settings.redis_url
+        self.shared_limits: SharedLimits | None = (
+            SharedLimits.from_url(redis_url.get_secret_value(), prefix=self.settings.redis_key_prefix)
+            if redis_url is not None
+            else None
+        )
         # One budget per platform for the worker's sends and the handlers' direct calls alike.
         self.limiter = RateLimiter(
             Rates(
@@ -87,7 +108,8 @@ class App:
                 telegram_private=self.settings.telegram_private_rate,
                 telegram_group=self.settings.telegram_group_rate,
                 vk=self.settings.vk_rate,
-            )
+            ),
+            shared=self.shared_limits,
         )
         self.bot: Bot | None = self._telegram_bot() if telegram_on else None
         self.media = MediaFetcher(self.bot)
@@ -97,15 +119,15 @@ class App:
         if self.bot is not None:
             messengers[Platform.telegram] = TelegramMessenger(self.bot, self.media.fetch)
             self.pollers.append(self._telegram_polling(self.bot))
-        self.vk_api: API | None = None
+        self.vk: VkChannel | None = None
         if vk_on:
-            assert self.settings.vk_group_token is not None and self.settings.vk_group_id is not None
-            self.vk_api = API(self.settings.vk_group_token.get_secret_value())
-            # Set on the instance: the class attribute is shared by every API object in the process.
-            self.vk_api.API_URL = self.settings.vk_api_url
-            vk_bot = VkBot(api=self.vk_api, labeler=citizen_labeler(self.dialog, self.limiter))
-            messengers[Platform.vk] = VkMessenger(self.vk_api, self.settings.vk_group_id, self.media.fetch)
-            self.pollers.append(self._vk_receiver(self.vk_api, vk_bot))
+            from handlers.vk.channel import vk_channel  # only here: a large import Telegram alone never needs
+
+            self.vk = vk_channel(
+                self.settings, self.dialog, self.limiter, self.db, self.clock, self.media.fetch
+            )
+            messengers[Platform.vk] = self.vk.messenger
+            self.pollers.append(self.vk.receiver)
         self.worker = DeliveryWorker(
             self.db,
             messengers,
@@ -117,12 +139,16 @@ class App:
             backoff_base=self.settings.outbox_backoff_base,
             limiter=self.limiter,
             metrics=self.metrics.send_error,
+            # On PostgreSQL other instances may share the database: chats are delivered under claims.
+            instance=self.instance if self.db.is_postgres else None,
+            claim_seconds=self.settings.outbox_claim_seconds,
         )
         self.outbox.subscribe(self.worker.wake)
         for receiver in self.pollers:
             receiver.intake.on_handled = self.metrics.update_handled
         self.http = self._http_server(list(messengers))
         self._tasks: list[asyncio.Task[None]] = []
+        self._sweeper: asyncio.Task[None] | None = None
 
     def _telegram_bot(self) -> Bot:
         token = self.settings.telegram_bot_token
@@ -160,24 +186,6 @@ class App:
             allowed_updates=allowed,
         )
 
-    def _vk_receiver(self, api: API, vk_bot: VkBot) -> VkPolling | VkCallback:
-        settings = self.settings
-        assert settings.vk_group_id is not None
-        if settings.vk_mode == "callback":
-            assert settings.vk_callback_secret is not None and settings.vk_confirmation_code is not None
-            return VkCallback(
-                api,
-                vk_bot.router,
-                settings.vk_group_id,
-                self.db,
-                self.clock,
-                secret=settings.vk_callback_secret.get_secret_value(),
-                confirmation_code=settings.vk_confirmation_code,
-            )
-        return VkPolling(
-            api, vk_bot.router, settings.vk_group_id, self.db, self.clock, wait=settings.vk_polling_wait
-        )
-
     def _http_server(self, platforms: list[Platform]) -> HttpServer | None:
         """One server for the webhook, the VK callback and health; None when nothing needs it."""
         port = self.settings.http_listen_port
@@ -187,8 +195,8 @@ class App:
         for receiver in self.pollers:
             if isinstance(receiver, TelegramWebhook):
                 routes[self.settings.webhook_path] = receiver.handle
-            elif isinstance(receiver, VkCallback):
-                routes[self.settings.vk_callback_path] = receiver.handle
+        if self.vk is not None and self.vk.callback is not None:
+            routes[self.settings.vk_callback_path] = self.vk.callback.handle
         return HttpServer(
             self.settings.http_host,
             port,
@@ -202,9 +210,7 @@ class App:
 
     @property
     def channels(self) -> list[str]:
-        return [
-            name for name, on in (("Telegram", self.bot is not None), ("VK", self.vk_api is not None)) if on
-        ]
+        return [name for name, on in (("Telegram", self.bot is not None), ("VK", self.vk is not None)) if on]
 
     async def start(self) -> None:
         async with self.outbox.read() as repo:
@@ -226,20 +232,34 @@ class App:
             described.append(f"Telegram on as @{me.username} ({how})")
         else:
             described.append("Telegram off (agency cards wait in the outbox until it is on)")
-        if self.vk_api is not None:
-            for poller in self.pollers:
-                if isinstance(poller, VkPolling):
-                    await poller.prepare()
+        if self.vk is not None:
+            await self.vk.prepare()
             callback = self.settings.vk_mode == "callback"
             how = f"callback at {self.settings.vk_callback_path}" if callback else "long poll"
             described.append(f"VK on for community {self.settings.vk_group_id} ({how})")
         else:
             described.append("VK off")
+        if self.shared_limits is not None:
+            described.append("rate limits shared through Redis")
         self.scheduler.start()
         runs: list[tuple[str, Coroutine[Any, Any, None]]] = [("outbox", self.worker.run())]
         runs += [(type(poller).__name__, poller.run()) for poller in self.pollers]
         self._tasks = [asyncio.create_task(run, name=name) for name, run in runs]
-        log.info("CivicDesk started: %s", "; ".join(described))
+        self._sweeper = asyncio.create_task(self._sweep_inboxes(), name="inbox-sweep")
+        log.info("CivicDesk started as %s: %s", self.instance, "; ".join(described))
+
+    async def _sweep_inboxes(self) -> None:
+        """Handle updates another instance stored but never finished (it died): each is stored before it
+        is confirmed, so whoever finds it handles it, and a handling that comes second changes nothing."""
+        wait = self.settings.inbox_sweep_after
+        while True:
+            await asyncio.sleep(wait / 2)
+            before = self.clock.now() - timedelta(seconds=wait)
+            for receiver in self.pollers:
+                try:
+                    await receiver.intake.replay(received_before=before)
+                except Exception:
+                    log.exception("inbox sweep failed; trying again later")
 
     async def _set_commands(self, bot: Bot) -> None:
         for locale in ("ru", "en"):
@@ -270,10 +290,14 @@ class App:
         for poller in self.pollers:
             poller.stop()
         self.worker.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.bot is not None:
             await self.bot.session.close()
-        if self.vk_api is not None:
-            await self.vk_api.http_client.close()
+        if self.vk is not None:
+            await self.vk.close()
         await self.media.close()
+        if self.shared_limits is not None:
+            await self.shared_limits.close()
         await self.db.close()

@@ -70,6 +70,7 @@ DEFAULT_HTTP_PORT: Final = 8080
 _WEBHOOK_SECRET: Final = re.compile(r"[A-Za-z0-9_-]{1,256}")
 _VK_SECRET: Final = re.compile(r"\S{1,50}")
 _HTTP_PATH: Final = re.compile(r"/[A-Za-z0-9/_.~-]*")
+_REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 
 
 class ConfigError(Exception):
@@ -125,6 +126,22 @@ class Settings(BaseSettings):
         le=300,
         allow_inf_nan=False,
         description="Seconds before the first retry after a network or server error; doubles each try.",
+    )
+    outbox_claim_seconds: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        allow_inf_nan=False,
+        description="With several instances on PostgreSQL: how long one instance's claim on a chat's "
+        "queue holds; a chat of an instance that died waits this long before another takes it over.",
+    )
+    inbox_sweep_after: float = Field(
+        default=60.0,
+        ge=1,
+        le=86400,
+        allow_inf_nan=False,
+        description="Updates stored this many seconds ago and still not handled (their instance died) "
+        "are handled by whichever instance finds them.",
     )
     telegram_global_rate: int = Field(
         default=30, ge=0, description="Telegram messages per second across all chats; 0: no limit."
@@ -182,6 +199,16 @@ class Settings(BaseSettings):
     )
     vk_polling_wait: int = Field(default=25, ge=1, le=90, description="VK Bots Long Poll wait in seconds.")
     vk_rate: int = Field(default=20, ge=0, description="VK API requests per second for sending; 0: no limit.")
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis the instances share their rate limits through (redis://host:6379/0); "
+        "unset: each instance keeps to the limits on its own.",
+    )
+    redis_key_prefix: str = Field(
+        default="civicdesk:rl",
+        min_length=1,
+        description="Prefix of the rate-limit keys in Redis; bots that share one Redis need different ones.",
+    )
 
     telegram_mode: Literal["polling", "webhook"] = Field(
         default="polling",
@@ -247,7 +274,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with https:// (Telegram calls webhooks over HTTPS only)")
         return value
 
-    @field_validator("webhook_secret", "vk_callback_secret", mode="before")
+    @field_validator("webhook_secret", "vk_callback_secret", "redis_url", mode="before")
     @classmethod
     def _blank_secret_is_none(cls, value: object) -> object:
         return (value.strip() or None) if isinstance(value, str) else value
@@ -264,6 +291,21 @@ class Settings(BaseSettings):
     def _vk_secret_shape(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not _VK_SECRET.fullmatch(value.get_secret_value()):
             raise ValueError("use at most 50 characters without spaces, as VK allows")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().lower().startswith(_REDIS_SCHEMES):
+            raise ValueError("must start with redis://, rediss:// or unix://, e.g. redis://127.0.0.1:6379/0")
+        return value
+
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _strip_prefix(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
         return value
 
     @field_validator("webhook_path", "vk_callback_path")

@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from bot.clock import Clock
-from bot.delivery.outbox import Origin, current_origin
+from bot.delivery.outbox import AlreadyHandled, Origin, current_origin
 from bot.domain import Platform
 from storage.db import Database
+from storage.group_commit import GroupCommit
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,7 @@ class Intake:
         self.platform = platform
         self.handler = handler
         self._slots = asyncio.Semaphore(concurrency)
+        self.commits = GroupCommit(db)
         self._tasks: set[asyncio.Task[None]] = set()
         # Inbox rows being handled now: after a restart the same row can come from the replay and
         # again from the platform's redelivery, and must be handled once.
@@ -56,10 +61,14 @@ class Intake:
             if key in ids:
                 self._spawn(ids[key], key, payload)
 
-    async def replay(self) -> int:
-        """Handle what a previous run stored but did not finish."""
+    async def replay(self, received_before: datetime | None = None) -> int:
+        """Handle what a previous run stored but did not finish; with `received_before`, only what has
+        waited since then (left by an instance that died while others go on)."""
         async with self.db.read() as conn:
-            items = await Repository(conn).inbox_items(self.platform, limit=100_000)
+            items = await Repository(conn).inbox_items(
+                self.platform, limit=100_000, received_before=received_before
+            )
+        items = [(item_id, key) for item_id, key in items if item_id not in self._in_flight]
         for item_id, key in items:
             async with self.db.read() as conn:
                 payload = await Repository(conn).inbox_payload(item_id)
@@ -92,6 +101,9 @@ class Intake:
                 try:
                     await self.handler(payload)
                     ok = True
+                except AlreadyHandled:
+                    ok = True
+                    log.info("%s update %s was handled elsewhere meanwhile", self.platform.value, key)
                 except Exception:
                     # One bad update must not stop the others; it is logged and not retried forever.
                     log.exception("%s update %s failed", self.platform.value, key)
@@ -99,10 +111,15 @@ class Intake:
                     current_origin.reset(token)
                 if self.on_handled is not None:
                     self.on_handled(self.platform, ok)
-            async with self.db.transaction() as conn:
+            now = self.clock.now()
+
+            async def done(conn: AsyncConnection) -> None:
                 repo = Repository(conn)
-                await repo.mark_processed(self.platform, key, self.clock.now())
+                await repo.mark_processed(self.platform, key, now)
                 await repo.drop_inbox(item_id)
+
+            # Updates finishing side by side leave the inbox in one transaction.
+            await self.commits.write(done)
 
 
 async def until_stopped(stopping: asyncio.Event, request: Any) -> Any:

@@ -1,4 +1,10 @@
-"""The database handle: engine, SQLite pragmas, write transactions and migrations."""
+"""The database handle: engine, SQLite pragmas, write transactions and migrations.
+
+Two backends run the same code and the same migrations: SQLite (one file, the default) and PostgreSQL
+(`postgresql+asyncpg://...`). Either way write transactions take turns, so every write sees everything
+committed before it and the code needs no retries: SQLite has one writer by design, and on PostgreSQL
+each write transaction first takes one transaction-scoped advisory lock, held until it commits.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
@@ -15,6 +22,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The PostgreSQL advisory lock that write transactions (and migrations) take in turn; any constant unique
+# to this application will do ("CivicDsk" in ASCII).
+WRITE_LOCK_KEY = 0x436976696344736B
 
 
 class Database:
@@ -24,30 +34,35 @@ class Database:
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.is_postgres = parsed.get_backend_name() == "postgresql"
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
-        # SQLite has one writer at a time; taking turns here avoids "database is locked" between our own
-        # tasks, while the busy timeout covers other processes (a second instance, `bot migrate`).
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        # Writers take turns: within the process here, so waiting tasks hold no connection (and, on SQLite,
+        # never see "database is locked"); between processes (a second instance, `bot migrate`) through
+        # SQLite's busy timeout or PostgreSQL's advisory lock.
+        self._write_lock = asyncio.Lock()
         if self.is_sqlite:
             _configure_sqlite(self.engine)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        if self._write_lock is None:
-            async with self.engine.begin() as conn:
-                yield conn
-            return
         async with self._write_lock, self.engine.begin() as conn:
+            if self.is_postgres:
+                # Taken first, so each statement after it (READ COMMITTED) sees every earlier write: the
+                # same one-writer-at-a-time world as SQLite's BEGIN IMMEDIATE.
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
             yield conn
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as conn:
+            if self.is_postgres:
+                # One snapshot for all the reads, as SQLite gives; a write here fails loudly.
+                await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             yield conn
 
     async def close(self) -> None:

@@ -97,6 +97,13 @@ class Repository:
     # tickets
 
     async def insert_ticket(self, **values: Any) -> Ticket:
+        if self.conn.dialect.name == "postgresql":
+            # The id is drawn from the table's sequence first, so the row is written with its final
+            # number: no placeholder number that concurrent transactions would contend for.
+            sequence = sa.func.pg_get_serial_sequence(tickets.name, tickets.c.id.name)
+            ticket_id = int((await self.conn.execute(sa.select(sa.func.nextval(sequence)))).scalar_one())
+            await self.conn.execute(tickets.insert().values(id=ticket_id, number=ticket_id, **values))
+            return await self.ticket(ticket_id)
         result = await self.conn.execute(tickets.insert().values(number=0, **values))
         primary_key = result.inserted_primary_key
         assert primary_key is not None
@@ -343,14 +350,59 @@ class Repository:
             return True
         return await self._insert_ignoring_conflict(outbox, values, ["dedupe_key"])
 
-    async def pending_outbox(self, limit: int, platforms: Sequence[Platform]) -> list[sa.Row[Any]]:
-        rows = await self.conn.execute(
-            sa.select(outbox)
-            .where(outbox.c.status == "pending", outbox.c.platform.in_([p.value for p in platforms]))
-            .order_by(outbox.c.id)
-            .limit(limit)
+    async def pending_outbox(
+        self,
+        limit: int,
+        platforms: Sequence[Platform],
+        *,
+        instance: str | None = None,
+        now: datetime | None = None,
+    ) -> list[sa.Row[Any]]:
+        """Pending rows, oldest first; with `instance`, leaving out rows another instance has claimed."""
+        query = sa.select(outbox).where(
+            outbox.c.status == "pending", outbox.c.platform.in_([p.value for p in platforms])
         )
+        if instance is not None:
+            assert now is not None
+            query = query.where(_claimable(instance, now))
+        rows = await self.conn.execute(query.order_by(outbox.c.id).limit(limit))
         return list(rows)
+
+    async def claim_outbox_chat(
+        self, platform: Platform, chat_id: int, instance: str, now: datetime, until: datetime, limit: int
+    ) -> list[sa.Row[Any]] | None:
+        """Claim a chat's pending rows for `instance` until `until`, and return them oldest first; None
+        when another instance holds the chat. Run inside a write transaction, which writers take in
+        turn, so two instances never both win one chat."""
+        chat = (
+            outbox.c.platform == platform.value,
+            outbox.c.chat_id == chat_id,
+            outbox.c.status == "pending",
+        )
+        held = await self.conn.scalar(
+            sa.select(sa.literal(1)).where(*chat, sa.not_(_claimable(instance, now))).limit(1)
+        )
+        if held is not None:
+            return None
+        await self.conn.execute(outbox.update().where(*chat).values(claimed_by=instance, claimed_until=until))
+        rows = await self.conn.execute(sa.select(outbox).where(*chat).order_by(outbox.c.id).limit(limit))
+        return list(rows)
+
+    async def outbox_claimants(self) -> list[str]:
+        """The instances holding claims on pending rows (live or lapsed)."""
+        rows = await self.conn.scalars(
+            sa.select(outbox.c.claimed_by)
+            .where(outbox.c.status == "pending", outbox.c.claimed_by.is_not(None))
+            .distinct()
+        )
+        return [str(name) for name in rows]
+
+    async def release_outbox_claims(self, instance: str) -> None:
+        await self.conn.execute(
+            outbox.update()
+            .where(outbox.c.claimed_by == instance, outbox.c.status == "pending")
+            .values(claimed_by=None, claimed_until=None)
+        )
 
     async def outbox_sent(self, row_id: int, now: datetime) -> None:
         await self.conn.execute(
@@ -428,11 +480,16 @@ class Repository:
             ["platform", "key"],
         )
 
-    async def inbox_items(self, platform: Platform, limit: int = 100) -> list[tuple[int, str]]:
+    async def inbox_items(
+        self, platform: Platform, limit: int = 100, received_before: datetime | None = None
+    ) -> list[tuple[int, str]]:
         """(row id, update key) of stored updates, oldest first."""
         rows = await self.conn.execute(
             sa.select(inbox.c.id, inbox.c.key)
-            .where(inbox.c.platform == platform.value)
+            .where(
+                inbox.c.platform == platform.value,
+                sa.true() if received_before is None else inbox.c.received_at < received_before,
+            )
             .order_by(inbox.c.id)
             .limit(limit)
         )
@@ -512,6 +569,12 @@ class Repository:
             .group_by(outbox.c.platform)
         )
         return {str(platform): (int(count), oldest) for platform, count, oldest in rows}
+
+
+def _claimable(instance: str, now: datetime) -> sa.ColumnElement[bool]:
+    return sa.or_(
+        outbox.c.claimed_by.is_(None), outbox.c.claimed_by == instance, outbox.c.claimed_until <= now
+    )
 
 
 def _citizen(row: sa.Row[Any]) -> Citizen:

@@ -148,6 +148,10 @@ outbox = sa.Table(
     # The parts of a message that makes several calls (an album, then its text) that already went, with
     # their message ids: a retry sends only the rest.
     sa.Column("progress", sa.JSON),
+    # With several instances on one database, the instance delivering this row's chat now, and until
+    # when its claim holds (an instance that died lets go when the time is up).
+    sa.Column("claimed_by", sa.String(64)),
+    sa.Column("claimed_until", UTCDateTime),
     sa.Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
     sa.Index("ix_outbox_platform_chat_id_status", "platform", "chat_id", "status"),
 )

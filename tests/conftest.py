@@ -1,16 +1,24 @@
-"""Fixtures that build a fresh world per test: a migrated SQLite file, a routing, a clock, the fakes."""
+"""Fixtures that build a fresh world per test: a migrated database, a routing, a clock, the fakes.
+
+The database is a SQLite file, or with `--db=postgres` (TEST_DATABASE=postgres) a database of its own on
+the PostgreSQL server at TEST_POSTGRES_URL; see tests/databases.py. The PostgreSQL pass runs only the
+tests that use a database; `@pytest.mark.sqlite_only(reason)` and `@pytest.mark.postgres_only(reason)`
+keep a test to one backend.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from bot.clock import ManualClock
 from bot.config import Routing, Settings, parse_routing
-from storage.db import Database, migrate
+from storage.db import Database
+from tests.databases import BACKENDS, Backend, PostgresBackend, backend_named
 
 TEST_ROUTING = """
 timezone = "Europe/Moscow"
@@ -63,11 +71,68 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+DATABASE_FIXTURES = frozenset({"database_backend", "database_url", "empty_database_url"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db",
+        choices=BACKENDS,
+        default=os.environ.get("TEST_DATABASE") or "sqlite",
+        help="database backend of the tests that use one (default: TEST_DATABASE or sqlite); "
+        "postgres uses the server at TEST_POSTGRES_URL and runs only those tests",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for backend in BACKENDS:
+        config.addinivalue_line(
+            "markers", f"{backend}_only(reason): the test runs only with --db={backend}, for that reason"
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"database backend: {config.getoption('--db')}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    backend = config.getoption("--db")
+    if backend != "sqlite":
+        # Tests that touch no database ran in the SQLite pass already.
+        kept = [item for item in items if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+    for item in items:
+        for other in BACKENDS:
+            marker = item.get_closest_marker(f"{other}_only")
+            if marker is not None and other != backend:
+                reason = marker.args[0] if marker.args else f"needs --db={other}"
+                item.add_marker(pytest.mark.skip(reason=f"{other} only: {reason}"))
+
+
+@pytest.fixture(scope="session")
+def database_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    backend = backend_named(request.config.getoption("--db"))
+    if isinstance(backend, PostgresBackend) and (reason := backend.check()):
+        pytest.skip(reason)
+    yield backend
+    backend.close()
+
+
 @pytest.fixture
-async def database_url(tmp_path: Path) -> str:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'civicdesk.db'}"
-    await asyncio.to_thread(migrate, url)
-    return url
+async def database_url(database_backend: Backend, tmp_path: Path) -> AsyncIterator[str]:
+    """A migrated database of this test's own."""
+    url = await asyncio.to_thread(database_backend.create, tmp_path, migrated=True)
+    yield url
+    await asyncio.to_thread(database_backend.drop, url)
+
+
+@pytest.fixture
+async def empty_database_url(database_backend: Backend, tmp_path: Path) -> AsyncIterator[str]:
+    """A database of this test's own with no tables yet, for `bot migrate` to fill."""
+    url = await asyncio.to_thread(database_backend.create, tmp_path, migrated=False)
+    yield url
+    await asyncio.to_thread(database_backend.drop, url)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The bot as an operator runs it (`python -m bot`), killed and restarted against one FakeTelegram that
-outlives every run, plus citizens who file reports through the buttons and what the runs left in SQLite."""
+outlives every run, plus citizens who file reports through the buttons and what the runs left in the
+database."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import os
 import random
 import re
 import signal
-import sqlite3
 import sys
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -19,6 +19,7 @@ from typing import Any
 
 from bot.domain import Platform
 from tests.conftest import TEST_ROUTING, TOKEN
+from tests.databases import Peek
 from tests.fakes.telegram import FakeTelegram
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,7 @@ RUN_MARK = re.compile(r"python -m bot run \(run (\d+)\)")
 HANDLED = re.compile(r"Update id=(\d+) is (?:not )?handled")
 
 
-def bot_env(tmp_path: Path, api_url: str) -> dict[str, str]:
+def bot_env(tmp_path: Path, api_url: str, database_url: str) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "DATABASE_", "ROUTING_", "VK_"))
     }
@@ -45,7 +46,7 @@ def bot_env(tmp_path: Path, api_url: str) -> dict[str, str]:
     env.update(
         TELEGRAM_BOT_TOKEN=TOKEN,
         TELEGRAM_API_URL=api_url,
-        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        DATABASE_URL=database_url,
         ROUTING_FILE=str(routing),
         TELEGRAM_POLLING_TIMEOUT="1",
         OUTBOX_POLL_SECONDS="0.2",
@@ -83,12 +84,12 @@ def text_of(message: Message) -> str:
 class BotProcess:
     """One bot installation: its database and log survive every run; each run is a fresh process."""
 
-    def __init__(self, tmp_path: Path, tg: FakeTelegram) -> None:
+    def __init__(self, tmp_path: Path, tg: FakeTelegram, database_url: str) -> None:
         self.tg = tg
         self.cwd = tmp_path
-        self.db_path = tmp_path / "bot.db"
+        self.peek = Peek(database_url)
         self.log_path = tmp_path / "bot.log"
-        self.env = bot_env(tmp_path, tg.base_url)
+        self.env = bot_env(tmp_path, tg.base_url, database_url)
         self.process: asyncio.subprocess.Process | None = None
         self.runs = 0
         self.kills = 0
@@ -130,6 +131,7 @@ class BotProcess:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+        self.peek.close()
 
     def check_alive(self) -> None:
         self._running()
@@ -152,11 +154,7 @@ class BotProcess:
         return dict(runs)
 
     def query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
-        connection = sqlite3.connect(self.db_path, timeout=30)
-        try:
-            return list(connection.execute(sql, params))
-        finally:
-            connection.close()
+        return self.peek.query(sql, *params)
 
     def _running(self) -> asyncio.subprocess.Process:
         process = self.process

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from bot.app import App
 from bot.clock import Clock, SystemClock
 from bot.config import Routing
-from bot.domain import ALLOWED_ACTIONS, TicketStatus
+from bot.domain import ALLOWED_ACTIONS, Platform, TicketStatus
 from bot.i18n import Translator
 from storage.schema import outbox, tickets
 from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, TOKEN, WASTE_CHAT, make_settings
@@ -107,11 +107,26 @@ class World:
     # -- agency chats
 
     async def card(self, chat_id: int, number: int) -> Message:
-        """The ticket's card in a chat: the message with its tag and the card's buttons (or its header)."""
+        """The ticket's card in a chat: the message with its tag and the card's buttons (or its header),
+        once the bot has recorded it, so that a reply to it reaches the ticket."""
         tag = f"#T{number}"
-        return await self.bot_says(
+        card = await self.bot_says(
             chat_id, lambda m: _text(m).startswith(tag) and ("reply_markup" in m or "\n" in _text(m))
         )
+        await self.recorded(chat_id, card["message_id"])
+        return card
+
+    async def recorded(self, chat_id: int, message_id: int, platform: Platform = Platform.telegram) -> None:
+        """Wait until the bot has recorded which ticket its message belongs to. It learns the message id
+        from the platform's answer and records it a moment later: a person is never that quick to
+        reply, the tests are."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            async with self.app.outbox.read() as repo:
+                if await repo.linked_ticket(platform, chat_id, message_id) is not None:
+                    return
+            assert time.monotonic() < deadline, f"message {message_id} in {chat_id} was never recorded"
+            await asyncio.sleep(0.01)
 
     def card_now(self, chat_id: int, number: int) -> Message:
         tag = f"#T{number}"

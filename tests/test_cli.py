@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from storage.db import Database
+from storage.schema import tickets
 from tests.conftest import TEST_ROUTING, TOKEN
 from tests.fakes.telegram import FakeTelegram
 
@@ -68,19 +71,28 @@ async def test_broken_routing_file_is_explained(tmp_path: Path) -> None:
     assert 'unknown agency "wastes"' in err
 
 
-async def test_migrate_and_check_config(tmp_path: Path) -> None:
-    code, out, _ = await run(tmp_path, "migrate")
-    assert code == 0 and (tmp_path / "bot.db").exists()
-    code, out, _ = await run(tmp_path, "check-config")
+async def test_migrate_and_check_config(tmp_path: Path, empty_database_url: str) -> None:
+    code, out, _ = await run(tmp_path, "migrate", DATABASE_URL=empty_database_url)
+    assert code == 0
+    database = Database(empty_database_url)
+    try:
+        async with database.read() as conn:
+            assert await conn.scalar(sa.select(sa.func.count()).select_from(tickets)) == 0
+    finally:
+        await database.close()
+    code, out, _ = await run(tmp_path, "check-config", DATABASE_URL=empty_database_url)
     assert code == 0 and "roads" in out and "waste" in out
 
 
 @pytest.mark.timeout(60)
-async def test_the_real_process_serves_a_citizen_and_stops_cleanly(tmp_path: Path) -> None:
+async def test_the_real_process_serves_a_citizen_and_stops_cleanly(
+    tmp_path: Path, empty_database_url: str
+) -> None:
     async with FakeTelegram(token=TOKEN, bot_id=123456, bot_username="civicdesk_test_bot") as tg:
         tg.add_user(user_id=77, first_name="Вера", language_code="ru")
         env = clean_env(
             tmp_path,
+            DATABASE_URL=empty_database_url,
             TELEGRAM_BOT_TOKEN=TOKEN,
             TELEGRAM_API_URL=tg.base_url,
             TELEGRAM_POLLING_TIMEOUT="1",

@@ -55,8 +55,8 @@ async def telegram() -> AsyncIterator[FakeTelegram]:
 
 
 @asynccontextmanager
-async def installed_bot(tmp_path: Path, tg: FakeTelegram) -> AsyncIterator[BotProcess]:
-    bot = BotProcess(tmp_path, tg)
+async def installed_bot(tmp_path: Path, tg: FakeTelegram, database_url: str) -> AsyncIterator[BotProcess]:
+    bot = BotProcess(tmp_path, tg, database_url)
     try:
         await bot.migrate()
         await bot.start()
@@ -87,9 +87,11 @@ async def drained(bot: BotProcess, tg: FakeTelegram) -> None:
 
 
 @pytest.mark.timeout(300)
-async def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> None:
+async def test_sigkill_at_random_moments_loses_and_repeats_nothing(
+    tmp_path: Path, empty_database_url: str
+) -> None:
     rng = random.Random(SEED)
-    async with telegram() as tg, installed_bot(tmp_path, tg) as bot:
+    async with telegram() as tg, installed_bot(tmp_path, tg, empty_database_url) as bot:
         citizens = []
         for index in range(CITIZENS):
             user_id = FIRST_CITIZEN + index
@@ -271,8 +273,8 @@ def check_invariants(bot: BotProcess, tg: FakeTelegram, citizens: list[Citizen])
 
 
 @pytest.mark.timeout(120)
-async def test_a_report_half_written_survives_a_kill(tmp_path: Path) -> None:
-    async with telegram() as tg, installed_bot(tmp_path, tg) as bot:
+async def test_a_report_half_written_survives_a_kill(tmp_path: Path, empty_database_url: str) -> None:
+    async with telegram() as tg, installed_bot(tmp_path, tg, empty_database_url) as bot:
         vera = Citizen(tg, 201, random.Random(1), pause=(0, 0))
         ivan = Citizen(tg, 202, random.Random(2), pause=(0, 0))
         tg.add_user(user_id=vera.user_id, first_name="Вера", language_code="ru")

@@ -8,7 +8,6 @@ import itertools
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.config import parse_routing
-from storage.db import migrate
 from storage.schema import outbox, tickets
 from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, TEST_ROUTING
+from tests.databases import Backend
 from tests.telegram_world import ROADS_STAFF, World, running_world
 
 USERS = (7001, 7002, 7003)
@@ -145,13 +144,12 @@ class Loop:
 
 
 @pytest.fixture(scope="module")
-def bot_loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
-    path: Path = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
-    url = f"sqlite+aiosqlite:///{path}"
-    migrate(url)
+def bot_loop(tmp_path_factory: pytest.TempPathFactory, database_backend: Backend) -> Iterator[Loop]:
+    url = database_backend.create(tmp_path_factory.mktemp("fuzz"), migrated=True)
     loop = Loop(url)
     yield loop
     loop.close()
+    database_backend.drop(url)
 
 
 async def _feed(world: World, data: dict[str, Any]) -> None:

@@ -217,9 +217,14 @@ async def test_citizens_hear_that_their_ticket_is_still_in_work(db: Database) ->
 
 async def test_a_scan_reads_only_due_rows_through_an_index(desk: Desk) -> None:
     async with desk.db.read() as conn:
+        explain = "EXPLAIN QUERY PLAN"
+        if desk.db.is_postgres:
+            # The planner would rather read a table this small whole: this asks whether an index can serve.
+            await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            explain = "EXPLAIN"
         for column in ("remind_at", "next_alert_at", "next_update_at", "resolved_at", "waiting_since"):
             plan = await conn.exec_driver_sql(
-                f"EXPLAIN QUERY PLAN SELECT * FROM tickets WHERE status IN ('new', 'in_progress') "  # noqa: S608
+                f"{explain} SELECT * FROM tickets WHERE status IN ('new', 'in_progress') "  # noqa: S608
                 f"AND {column} <= '2026-01-01' ORDER BY {column}"
             )
             detail = " ".join(str(row[-1]) for row in plan)

@@ -1,4 +1,5 @@
-"""Storage on a real SQLite file: pragmas, aware UTC times, migrations equal to the schema, idempotency."""
+"""Storage on a real database (a SQLite file, or PostgreSQL): SQLite's pragmas, aware UTC times, migrations
+equal to the schema, idempotency, ids beyond 32 bits."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from storage.schema import metadata
 MSK = timezone(timedelta(hours=3))
 
 
+@pytest.mark.sqlite_only("PRAGMAs are SQLite's own")
 async def test_sqlite_runs_in_wal_mode_with_foreign_keys(db: Database) -> None:
     async with db.read() as conn:
         assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
@@ -70,3 +72,43 @@ async def test_outbox_dedupe_key_queues_a_message_once(db: Database) -> None:
                 now=now,
             )
         assert len(await repo.pending_outbox(10, [Platform.telegram])) == 1
+
+
+async def test_telegram_ids_beyond_32_bits_round_trip(db: Database) -> None:
+    # Supergroup ids are -100 followed by the group's id; user ids have passed 2^32 too.
+    user, group, message = 8_123_456_789, -1_002_345_678_901, 3_000_000_000
+    now = datetime.now(UTC)
+    async with db.transaction() as conn:
+        repo = Repository(conn)
+        citizen = await repo.ensure_citizen(Platform.telegram, user, "A", "ru", now)
+        ticket = await repo.insert_ticket(
+            citizen_id=citizen.id,
+            category_id="potholes",
+            agency_id="roads",
+            status="new",
+            text="x",
+            created_at=now,
+            updated_at=now,
+            due_at=now,
+        )
+        await repo.link_message(ticket.id, Platform.telegram, group, message, "out", "card", now)
+        await repo.save_conversation(Platform.telegram, user, {"step": "x"}, now)
+        await repo.enqueue(
+            platform=Platform.telegram,
+            chat_id=group,
+            kind="send",
+            payload={},
+            dedupe_key=None,
+            ticket_id=ticket.id,
+            now=now,
+        )
+        await repo.outbox_move_chat(Platform.telegram, group, group - 1)
+    async with db.read() as conn:
+        repo = Repository(conn)
+        found = await repo.citizen_by_external(Platform.telegram, user)
+        assert found is not None and found.external_id == user
+        assert await repo.linked_ticket(Platform.telegram, group, message) == (ticket.id, "card")
+        assert await repo.latest_linked_message(ticket.id, Platform.telegram, group, "card") == message
+        assert await repo.conversation(Platform.telegram, user) == {"step": "x"}
+        [row] = await repo.pending_outbox(10, [Platform.telegram])
+        assert row.chat_id == group - 1

@@ -74,6 +74,7 @@ async def test_report_reaches_the_agency_card_and_the_answer_comes_back(world: W
     assert "#T1" in answer["text"] and "Управление дорог" in answer["text"]
     assert "Пётр" not in answer["text"]
 
+    await world.recorded(ALICE, answer["message_id"])
     await tg.send_text(ALICE, "Спасибо, жду", reply_to=answer["message_id"])
     forwarded = await world.bot_says(ROADS_CHAT, lambda m: "Спасибо, жду" in (m.get("text") or ""))
     assert forwarded["reply_to_message"]["message_id"] == card["message_id"]
@@ -110,6 +111,7 @@ async def test_need_info_round_trip(world: World) -> None:
     card = await world.card(ROADS_CHAT, number)
     await tg.press(ROADS_STAFF, card, f"t:ask:{number}:new")
     prompt = await world.bot_says(ROADS_CHAT, lambda m: m.get("_reply_markup", {}).get("force_reply") is True)
+    await world.recorded(ROADS_CHAT, prompt["message_id"])
     await tg.send_text(
         ROADS_STAFF, "Какой номер подъезда?", chat_id=ROADS_CHAT, reply_to=prompt["message_id"]
     )
@@ -137,6 +139,7 @@ async def test_resolve_then_no_reopens_then_yes_closes(world: World) -> None:
 
     await tg.press(ROADS_STAFF, card, f"t:res:{number}:in_progress")
     prompt = await world.bot_says(ROADS_CHAT, lambda m: m.get("_reply_markup", {}).get("force_reply") is True)
+    await world.recorded(ROADS_CHAT, prompt["message_id"])
     await tg.send_text(ROADS_STAFF, "Яму заделали", chat_id=ROADS_CHAT, reply_to=prompt["message_id"])
     solved = await world.bot_says(ALICE, lambda m: "Яму заделали" in (m.get("text") or ""))
     assert tg.button_data(solved) == [f"f:yes:{number}", f"f:no:{number}"]
@@ -164,6 +167,7 @@ async def test_reject_needs_a_reason_and_the_citizen_gets_it(world: World) -> No
     card = await world.card(ROADS_CHAT, number)
     await tg.press(ROADS_STAFF, card, f"t:rej:{number}:new")
     prompt = await world.bot_says(ROADS_CHAT, lambda m: m.get("_reply_markup", {}).get("force_reply") is True)
+    await world.recorded(ROADS_CHAT, prompt["message_id"])
     await tg.send_text(ROADS_STAFF, "Частная территория", chat_id=ROADS_CHAT, reply_to=prompt["message_id"])
     rejected = await world.bot_says(ALICE, lambda m: "Частная территория" in (m.get("text") or ""))
     assert f"#T{number}" in rejected["text"]

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.config import Routing
-from bot.domain import TicketStatus
+from bot.domain import Platform, TicketStatus
 from storage.schema import citizens, outbox
 from tests.conftest import ROADS_CHAT, VK_GROUP, VK_TOKEN
 from tests.fakes.vk import FakeVK
@@ -142,6 +142,7 @@ async def test_vk_need_info_round_trip_and_resolution(both: VkWorld) -> None:
     card = await both.world.card(ROADS_CHAT, number)
     await tg.send_text(ROADS_STAFF, "/ask Какой подъезд?", chat_id=ROADS_CHAT, reply_to=card["message_id"])
     question = await both.says(ANNA, "Какой подъезд?")
+    await both.world.recorded(ANNA, question["id"], Platform.vk)
     await both.vk.send_text(ANNA, "Второй", reply_to=question)
     forwarded = await both.world.bot_says(ROADS_CHAT, lambda m: "Второй" in (m.get("text") or ""))
     assert forwarded["reply_to_message"]["message_id"] == card["message_id"]

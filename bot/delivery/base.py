@@ -55,14 +55,18 @@ class Progress:
     ) -> None:
         self.done: dict[str, list[int]] = dict(done or {})
         self._save = save
+        self._saved = len(self.done)
 
     async def part(self, name: str, send: Callable[[], Awaitable[list[int]]]) -> list[int]:
         if name in self.done:
             return self.done[name]
+        if self._save is not None and len(self.done) > self._saved:
+            # What went so far is on record before the next call: a message of one part (most of
+            # them) costs no write here, its row is simply marked sent.
+            await self._save(dict(self.done))
+            self._saved = len(self.done)
         ids = await send()
         self.done[name] = ids
-        if self._save is not None:
-            await self._save(dict(self.done))
         return ids
 
 

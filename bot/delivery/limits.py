@@ -6,6 +6,9 @@ the way the platforms count, rather than a token bucket, whose full burst follow
 rate would put up to twice N into one window.
 
 Time comes from an injected monotonic source, so tests move it by hand.
+
+Several instances sending for one bot share their windows through Redis (see shared_limits.py): a
+limiter given `shared` asks those too in `acquire_shared` and `slot`, after its own.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from dataclasses import dataclass, field
 from bot.domain import Platform
 from bot.messages import Outgoing
 
+from .shared_limits import SharedLimits, SharedWindow
 from .telegram import CAPTION_LIMIT, split_text
-from .vk import html_to_text, split_plain
+from .vk_text import html_to_text, split_plain
 
 Monotonic = Callable[[], float]
 
@@ -108,6 +112,11 @@ class Window:
         self._sends.extend(taken)
         return taken
 
+    def forget(self, sends: list[_Send]) -> None:
+        """Take back sends counted by `take` that did not happen."""
+        gone = {id(send) for send in sends}
+        self._sends = [send for send in self._sends if id(send) not in gone]
+
     def prune(self, now: float) -> list[_Send]:
         """Forget the sends that have left the window; returns those still in it."""
         self._sends = [send for send in self._sends if send.at > now - self.seconds]
@@ -122,6 +131,9 @@ class Permit:
     _sends: list[_Send] = field(default_factory=list)
     _started: float = 0.0
     _now: Monotonic | None = None
+    _windows: list[Window] = field(default_factory=list)
+    # Tells the shared windows in Redis that the send is over.
+    _shared_finish: Callable[[], None] | None = None
 
     @property
     def granted(self) -> bool:
@@ -130,6 +142,9 @@ class Permit:
     def finish(self) -> None:
         """The send is over. The platform counted it at some moment between our request and its answer;
         dating it at the answer means our windows never close earlier than the platform's do."""
+        if self._shared_finish is not None:
+            self._shared_finish()
+            self._shared_finish = None
         if self._now is None:
             return
         shift = self._now() - self._started
@@ -138,11 +153,22 @@ class Permit:
                 send.at += shift
         self._now = None
 
+    def _cancel(self) -> None:
+        """The sends were counted but will not happen now: take them back from the windows."""
+        for window in self._windows:
+            window.forget(self._sends)
+        self._sends = []
+        self._now = None
+
 
 class RateLimiter:
-    def __init__(self, rates: Rates, now: Monotonic = time.monotonic) -> None:
+    def __init__(
+        self, rates: Rates, now: Monotonic = time.monotonic, shared: SharedLimits | None = None
+    ) -> None:
         self.rates = rates
         self.now = now
+        # The windows shared with the other instances, when there are any; None: this instance's only.
+        self.shared = shared
         self._global: dict[Platform, Window] = {}
         if rates.telegram_global:
             self._global[Platform.telegram] = Window(rates.telegram_global, 1.0)
@@ -156,32 +182,55 @@ class RateLimiter:
         if cost <= 0:
             return Permit()
         now = self.now()
-        windows = list(self._windows(platform, chat_id))
+        windows = [window for _, window in self._windows(platform, chat_id)]
         wait = max((window.wait(now, cost) for window in windows), default=0.0)
         if wait > 0:
             return Permit(wait)
         sends = [send for window in windows for send in window.take(now, cost)]
         self._sweep(now)
-        return Permit(0.0, sends, now, self.now)
+        return Permit(0.0, sends, now, self.now, windows)
+
+    async def acquire_shared(self, platform: Platform, chat_id: int, cost: int) -> Permit:
+        """`acquire`, then the windows shared with the other instances (when configured): granted only
+        when both allow the sends, and counted in neither when one of them does not. When the shared
+        windows cannot be asked, this instance's own limits decide alone."""
+        permit = self.acquire(platform, chat_id, cost)
+        if self.shared is None or cost <= 0 or not permit.granted:
+            return permit
+        windows = [
+            SharedWindow(name, window.limit, window.seconds)
+            for name, window in self._windows(platform, chat_id)
+        ]
+        if not windows:
+            return permit
+        answer = await self.shared.acquire(windows, cost)
+        if answer is None:
+            return permit
+        if not answer.granted:
+            permit._cancel()
+            return Permit(answer.wait)
+        permit._shared_finish = answer.finish
+        return permit
 
     @asynccontextmanager
     async def slot(self, platform: Platform, chat_id: int = 0, cost: int = 1) -> AsyncIterator[None]:
         """Wait until a call fits the limits, then count it: for requests made outside the outbox (a
         button's answer, a profile lookup), which spend the same platform budget as its sends."""
         # The wait is known from the windows; nothing else would signal that a slot opened.
-        while not (permit := self.acquire(platform, chat_id, cost)).granted:  # noqa: ASYNC110
+        while not (permit := await self.acquire_shared(platform, chat_id, cost)).granted:  # noqa: ASYNC110
             await asyncio.sleep(permit.wait)
         try:
             yield
         finally:
             permit.finish()
 
-    def _windows(self, platform: Platform, chat_id: int) -> Iterable[Window]:
+    def _windows(self, platform: Platform, chat_id: int) -> Iterable[tuple[str, Window]]:
+        """The windows a send to the chat falls into, each with the name the instances share it by."""
         if platform in self._global:
-            yield self._global[platform]
+            yield f"{platform.value}:global", self._global[platform]
         chat = self._chat_window(platform, chat_id)
         if chat is not None:
-            yield chat
+            yield f"{platform.value}:chat:{chat_id}", chat
 
     def _chat_window(self, platform: Platform, chat_id: int) -> Window | None:
         if platform is not Platform.telegram:

@@ -38,11 +38,19 @@ class Origin:
 current_origin: ContextVar[Origin | None] = ContextVar("current_origin", default=None)
 
 
+class AlreadyHandled(Exception):
+    """The update was handled meanwhile (by another instance, or an earlier run's replay): this
+    handling's transaction is rolled back, so its effect happens once."""
+
+
 @dataclass
 class Unit:
     repo: Repository
     now: datetime
     queued: int = 0
+    # Messages asked for, new or not: a replay's are ignored as already queued, yet its change must still
+    # be checked against the update's "handled" mark.
+    asked: int = 0
 
     async def send(
         self,
@@ -55,6 +63,7 @@ class Unit:
     ) -> None:
         if dedupe_key is None and (origin := current_origin.get()) is not None:
             dedupe_key = origin.next_key()
+        self.asked += 1
         kind = "edit" if message.edit is not None else "send"
         if await self.repo.enqueue(
             platform=platform,
@@ -83,11 +92,12 @@ class Outbox:
             unit = Unit(Repository(conn), self.clock.now())
             yield unit
             origin = current_origin.get()
-            if unit.queued and origin is not None and not origin.recorded:
+            if unit.asked and origin is not None and not origin.recorded:
                 # The update's effect and its "handled" mark commit together: a replay after a crash
                 # finds it handled and changes nothing. (Writes that queue nothing, like registering a
                 # new citizen, are idempotent by themselves.)
-                await unit.repo.mark_processed(origin.platform, origin.key, unit.now)
+                if not await unit.repo.mark_processed(origin.platform, origin.key, unit.now):
+                    raise AlreadyHandled(origin.key)
                 origin.recorded = True
         if unit.queued:
             for wake in self._listeners:

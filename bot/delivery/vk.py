@@ -6,9 +6,6 @@ derives `random_id` from the outbox row instead, so a resend after a failure or 
 
 from __future__ import annotations
 
-import html
-import json
-import re
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -17,77 +14,16 @@ from vkbottle import API, VKAPIError
 from vkbottle.tools import PhotoMessageUploader
 
 from bot.domain import Attachment, MediaKind, Platform
-from bot.messages import Button, Outgoing
+from bot.messages import Outgoing
 
 from .base import PermanentError, Progress, RetryAfter, TransientError
+from .vk_text import TEXT_LIMIT, html_to_text, keyboard, split_plain
 
 Fetch = Callable[[Attachment], Awaitable[bytes]]
 
-TEXT_LIMIT = 4096
-# VK's limits for inline keyboards; a longer list goes as a regular keyboard (up to 10 rows of 5).
-INLINE_ROWS, INLINE_BUTTONS = 6, 10
-LABEL_LIMIT = 40
 RETRY_LATER = {6: 1.0, 9: 30.0}  # too many requests per second; flood control
 TRANSIENT = {1, 10}  # unknown error; internal server error
 UNREACHABLE = {900, 901, 902, 936}  # blacklisted; no permission; privacy settings; contact not found
-_LINK = re.compile(r'<a href="([^"]*)">(.*?)</a>', re.DOTALL)
-_TAG = re.compile(r"<[^>]+>")
-
-
-def html_to_text(text: str) -> str:
-    """VK shows plain text: drop our formatting, keep links readable, and turn entities back into the
-    characters the user typed (VK does not interpret markup, so nothing can be injected)."""
-    text = _LINK.sub(lambda m: f"{m.group(2)} ({html.unescape(m.group(1))})", text)
-    return html.unescape(_TAG.sub("", text))
-
-
-def keyboard(rows: list[list[Button]]) -> str | None:
-    if not rows:
-        return None
-    count = sum(len(row) for row in rows)
-    inline = len(rows) <= INLINE_ROWS and count <= INLINE_BUTTONS
-    if not inline:
-        flat = [button for row in rows for button in row]
-        rows = [flat[i : i + 2] for i in range(0, len(flat), 2)]
-    return json.dumps(
-        {
-            "inline": inline,
-            "one_time": False,
-            "buttons": [
-                [
-                    {
-                        "action": {
-                            "type": "callback",
-                            "label": _label(button.text),
-                            "payload": json.dumps({"d": button.data}),
-                        },
-                        "color": "secondary",
-                    }
-                    for button in row
-                ]
-                for row in rows
-            ],
-        },
-        ensure_ascii=False,
-    )
-
-
-def _label(text: str) -> str:
-    return text if len(text) <= LABEL_LIMIT else text[: LABEL_LIMIT - 1] + "…"
-
-
-def split_plain(text: str, limit: int = TEXT_LIMIT) -> list[str]:
-    parts: list[str] = []
-    while len(text) > limit:
-        cut = text.rfind("\n", 0, limit)
-        if cut < limit // 2:
-            cut = text.rfind(" ", 0, limit)
-        if cut < limit // 2:
-            cut = limit
-        parts.append(text[:cut])
-        text = text[cut:].lstrip("\n ")
-    parts.append(text)
-    return [p for p in parts if p.strip()] or [""]
 
 
 class VkMessenger:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from bot.clock import Clock
 from bot.domain import Platform
 from bot.messages import Outgoing
 from storage.db import Database
+from storage.group_commit import GroupCommit
 from storage.repository import UNREACHABLE_REASONS, Repository
 
 from .base import (
@@ -56,7 +60,13 @@ class DeliveryWorker:
         monotonic: Callable[[], float] = time.monotonic,
         metrics: Callable[[str, str], None] | None = None,
         limiter: RateLimiter | None = None,
+        instance: str | None = None,
+        claim_seconds: float = 60.0,
     ) -> None:
+        # Several instances on one database: each delivers a chat only while it holds a claim on it, so
+        # a chat's messages go out once and in order. None: this process is the only one delivering.
+        self.instance = instance
+        self.claim = timedelta(seconds=claim_seconds)
         self.on_unreachable = on_unreachable
         # Told of every failed attempt as (kind, reason); for the metrics.
         self.metrics = metrics
@@ -83,6 +93,7 @@ class DeliveryWorker:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._slots = asyncio.Semaphore(concurrency)
+        self.commits = GroupCommit(db)
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -96,6 +107,12 @@ class DeliveryWorker:
         self._wakeup.set()
 
     async def run(self) -> None:
+        try:
+            await self.release_dead_neighbours()
+        except Exception:
+            log.warning(
+                "could not look for claims of stopped instances; they lapse by themselves", exc_info=True
+            )
         while not self._stopping:
             self._wakeup.clear()
             try:
@@ -109,13 +126,19 @@ class DeliveryWorker:
                 timeout = min(timeout, max(self.limiter_wait, MIN_LIMIT_WAIT))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
+        try:
+            await self.release()
+        except Exception:
+            log.warning("outbox claims not released; they lapse by themselves", exc_info=True)
 
     async def deliver_due(self) -> int:
         """One round: each chat's pending messages in order, chats side by side; returns how many went."""
         self.limiter_wait = None
         async with self.db.read() as conn:
             # Only channels that are on: messages for a channel that is off wait for it, in order.
-            rows = await Repository(conn).pending_outbox(self.batch, platforms=list(self.messengers))
+            rows = await Repository(conn).pending_outbox(
+                self.batch, platforms=list(self.messengers), instance=self.instance, now=self.clock.now()
+            )
         by_chat: dict[tuple[str, int], list[Any]] = {}
         for row in rows:
             by_chat.setdefault((row.platform, row.chat_id), []).append(row)
@@ -135,13 +158,56 @@ class DeliveryWorker:
     async def _deliver_chat(self, rows: list[Any]) -> int:
         sent = 0
         async with self._slots:
+            # Past this moment a claim may be about to lapse: stop and claim afresh next round rather
+            # than send what another instance may be sending by then.
+            stop_at = None
+            if self.instance is not None:
+                claimed = await self._claim(rows[0])
+                if claimed is None:
+                    return 0  # another instance is delivering to this chat
+                rows, stop_at = claimed, self.clock.now() + self.claim / 2
             for row in rows:
-                if row.next_attempt_at > self.clock.now():
+                now = self.clock.now()
+                if row.next_attempt_at > now:
                     break  # an earlier message waits, so everything after it in this chat waits too
+                if stop_at is not None and now >= stop_at:
+                    break
                 if not await self._deliver(row):
                     break
                 sent += 1
         return sent
+
+    async def _claim(self, first: Any) -> list[Any] | None:
+        """Claim the chat of `first` and return its pending rows as they are now, or None."""
+        assert self.instance is not None
+        now = self.clock.now()
+        async with self.db.transaction() as conn:
+            return await Repository(conn).claim_outbox_chat(
+                Platform(first.platform), first.chat_id, self.instance, now, now + self.claim, self.batch
+            )
+
+    async def release_dead_neighbours(self) -> None:
+        """Let go at once of claims held by processes of this machine that are gone (the previous run of
+        this very instance, most often), instead of waiting for them to lapse."""
+        if self.instance is None:
+            return
+        host = self.instance.split(":")[0]
+        async with self.db.read() as conn:
+            claimants = await Repository(conn).outbox_claimants()
+        for name in claimants:
+            their_host, _, rest = name.partition(":")
+            pid = rest.partition(":")[0]
+            if name == self.instance or their_host != host or not pid.isdigit() or _alive(int(pid)):
+                continue
+            log.info("releasing the outbox claims of %s, which is no longer running", name)
+            async with self.db.transaction() as conn:
+                await Repository(conn).release_outbox_claims(name)
+
+    async def release(self) -> None:
+        """Let go of this instance's claims, so others need not wait for them to lapse."""
+        if self.instance is not None:
+            async with self.db.transaction() as conn:
+                await Repository(conn).release_outbox_claims(self.instance)
 
     async def _deliver(self, row: Any) -> bool:
         platform = Platform(row.platform)
@@ -155,7 +221,8 @@ class DeliveryWorker:
             if message.edit is not None and target is None:
                 await self._fail(row, "the message to edit was never sent")
                 return True
-            permit = self.limiter.acquire(platform, row.chat_id, cost(platform, message))
+            # This instance's windows, then those shared with the other instances when Redis is set.
+            permit = await self.limiter.acquire_shared(platform, row.chat_id, cost(platform, message))
             if not permit.granted:
                 # Not a failed try: the row keeps its next_attempt_at and attempts as they are.
                 self._hold(permit)
@@ -221,8 +288,12 @@ class DeliveryWorker:
         return await repo.latest_linked_message(ref.ticket_id, platform, chat_id, ref.role)
 
     async def _sent(self, row: Any, platform: Platform, message: Outgoing, ids: list[int]) -> None:
+        """Record a sent row; returns once committed. Rows sent side by side in different chats share a
+        transaction, while the next row in a chat still waits for this record: an edit always finds
+        the message it edits."""
         now = self.clock.now()
-        async with self.db.transaction() as conn:
+
+        async def record(conn: AsyncConnection) -> None:
             repo = Repository(conn)
             await repo.outbox_sent(row.id, now)
             if message.link_ticket_id is not None:
@@ -231,6 +302,8 @@ class DeliveryWorker:
                     await repo.link_message(
                         message.link_ticket_id, platform, row.chat_id, message_id, "out", role, now
                     )
+
+        await self.commits.write(record)
 
     async def _backoff(self, row: Any, error: str) -> None:
         if row.attempts + 1 >= self.max_attempts:
@@ -248,3 +321,13 @@ class DeliveryWorker:
         log.warning("outbox %s to %s failed for good: %s", row.id, row.chat_id, error)
         async with self.db.transaction() as conn:
             await Repository(conn).outbox_failed(row.id, error)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True

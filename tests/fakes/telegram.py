@@ -330,6 +330,7 @@ class FakeTelegram:
         # those of the webhook URL); None: the webhook is unreachable and updates wait, since tests make
         # no calls beyond the loopback.
         self.webhook_forward: str | None = None
+        self._forward_to: list[str] = []
         # Every webhook call: {"update_id", "status"} (status 0: no HTTP answer at all).
         self.webhook_posts: list[JSON] = []
         self.webhook_retry_delay = 0.05
@@ -520,9 +521,11 @@ class FakeTelegram:
             _Failure(method.lower(), error_code, description, params or None, times, chat_id)
         )
 
-    def forward_webhooks(self, base_url: str) -> None:
-        """Deliver webhook calls to `base_url` plus the webhook URL's path, as a TLS proxy would."""
-        self.webhook_forward = base_url.rstrip("/")
+    def forward_webhooks(self, base_url: str, *more: str) -> None:
+        """Deliver webhook calls to `base_url` plus the webhook URL's path, as a TLS proxy would; given
+        several, each call goes to the next in turn, as a load balancer in front of instances does."""
+        self._forward_to = [url.rstrip("/") for url in (base_url, *more)]
+        self.webhook_forward = self._forward_to[0]
         self._signal()
 
     def redeliver(self, update: JSON) -> None:
@@ -1582,6 +1585,8 @@ class FakeTelegram:
         self, session: aiohttp.ClientSession, hook: JSON, update: JSON
     ) -> tuple[int, str]:
         parts = urlsplit(str(hook.get("url") or ""))
+        if self._forward_to:
+            self.webhook_forward = self._forward_to[len(self.webhook_posts) % len(self._forward_to)]
         url = f"{self.webhook_forward}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
         headers = {SECRET_HEADER: str(hook["secret_token"])} if hook.get("secret_token") else {}
         try:
