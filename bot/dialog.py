@@ -310,11 +310,11 @@ class CitizenDialog:
             return ""
         if await self._refuse_over_limit(who, citizen):
             return self.t.get(locale, "toast.limit")
-        ticket = await self.tickets.open_ticket(citizen, who.chat_id)
+        ticket = await self.tickets.open_ticket(
+            citizen, who.chat_id, also=lambda u: self._close_keyboard(u, who, message_id)
+        )
         if ticket is None:
             return self.t.get(locale, "toast.nothing_to_confirm")
-        async with self.outbox.unit() as u:
-            await self._close_keyboard(u, who, message_id)
         return self.t.get(locale, "toast.registered")
 
     async def _close_keyboard(self, u: Unit, who: Person, message_id: int) -> None:

@@ -50,6 +50,7 @@ class Intake:
     ) -> None:
         """Store a batch (and where the poll got to) in one transaction, then start handling it."""
         now = self.clock.now()
+        updates = [(key, without_nul(payload)) for key, payload in updates]
         async with self.db.transaction() as conn:
             repo = Repository(conn)
             for key, payload in updates:
@@ -120,6 +121,18 @@ class Intake:
 
             # Updates finishing side by side leave the inbox in one transaction.
             await self.commits.write(done)
+
+
+def without_nul(value: Any) -> Any:
+    """The update with NUL characters taken out of its strings: no person means one, and PostgreSQL
+    refuses them in text."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {k: without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
 
 
 async def until_stopped(stopping: asyncio.Event, request: Any) -> Any:

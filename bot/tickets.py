@@ -7,7 +7,7 @@ everyone who must hear of it. No platform library is imported here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -114,9 +114,12 @@ class TicketService:
 
     # -- citizens
 
-    async def open_ticket(self, citizen: Citizen, chat_id: int) -> Ticket | None:
+    async def open_ticket(
+        self, citizen: Citizen, chat_id: int, also: Callable[[Unit], Awaitable[None]] | None = None
+    ) -> Ticket | None:
         """File the citizen's stored draft as a ticket. The draft is cleared in the same transaction,
-        so a repeated "confirm" (a double tap, a redelivered update) files nothing more."""
+        so a repeated "confirm" (a double tap, a redelivered update) files nothing more. `also` adds the
+        caller's own writes to that transaction (taking the pressed summary's buttons off)."""
         async with self.outbox.unit() as u:
             state = await u.repo.conversation(citizen.platform, chat_id)
             draft = draft_from_json(state.get("draft")) if state else None
@@ -143,6 +146,8 @@ class TicketService:
             await u.repo.add_media(ticket.id, draft.photos, "citizen", u.now)
             await u.repo.add_event(ticket.id, EventKind.created, f"citizen:{citizen.id}", {}, u.now)
             await u.repo.save_conversation(citizen.platform, chat_id, None, u.now)
+            if also is not None:
+                await also(u)
             locale = citizen.locale
             await u.send(
                 citizen.platform,

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from vkbottle import API, BotPolling, PhotoMessageUploader, VKAPIError
+from vkbottle import API, AiohttpClient, BotPolling, PhotoMessageUploader, VKAPIError
 from vkbottle.api.request_rescheduler import BlockingRequestRescheduler
 from vkbottle.bot import Bot, BotLabeler, Message
 from vkbottle.tools.mini_types.bot import MessageEventMin, message_min
@@ -35,6 +35,9 @@ async def fake() -> AsyncIterator[FakeVK]:
 
 
 def make_api(fake: FakeVK, token: str = TOKEN, **kwargs: Any) -> API:
+    # A client of its own: vkbottle's default is shared by the whole process, and one test closing it
+    # would leave the next one a closed session.
+    kwargs.setdefault("http_client", AiohttpClient())
     api = API(token, **kwargs)
     api.API_URL = fake.api_url
     return api

@@ -146,3 +146,23 @@ async def test_a_restarted_instance_takes_back_its_predecessors_chats_at_once(
     await b.release_dead_neighbours()
     await b.deliver_due()
     assert [text for _, text, _ in second.sent] == ["2"]
+
+
+async def test_nul_characters_never_reach_the_handler_or_the_database(
+    db: Database, clock: ManualClock
+) -> None:
+    box = Outbox(db, clock)
+    seen: list[str] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        seen.append(payload["message"]["text"])
+        async with box.unit() as u:
+            await u.repo.save_cursor("report", payload["message"]["text"], u.now)
+            await u.send(Platform.telegram, 1, Outgoing(payload["message"]["text"]))
+
+    intake = Intake(db, clock, Platform.telegram, handler)
+    await intake.accept([("1", {"message": {"text": "Яма\x00 у дома", "entities": [{"type": "bold\x00"}]}})])
+    await asyncio.wait_for(intake.drain(), 10)
+    async with db.read() as conn:
+        stored = await Repository(conn).cursor("report")
+    assert seen == ["Яма у дома"] and stored == "Яма у дома"
