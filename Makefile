@@ -42,5 +42,10 @@ test: lint
 	$(VENV)/bin/pytest -q
 	@if $(PY) -m tests.databases; then $(VENV)/bin/pytest -q -rs --db=postgres; fi
 
+# Benchmarks against the fake Telegram server (README, Performance); `make bench ARGS=--quick` for a
+# short run.
+bench: install
+	$(PY) -m bench $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,265 @@
+"""The scheduler's scan over 10k, 100k and 1M stored tickets, 1% of them overdue.
+
+Each repetition runs the real scan (`scheduler.jobs.Jobs.scan` → `bot.deadlines.Deadlines.scan`) on a
+database whose write transactions are rolled back at their end: the scan finds the due tickets, updates
+them, writes their events and queues the alerts exactly as in production, and the next repetition finds
+the same tickets due again. Two figures per size:
+
+- due queries: the time spent in the scan's `Repository.due` calls (SQL and turning rows into tickets),
+  timed inside the real scan; this is what grows with the number of stored tickets if an index is
+  missing;
+- whole scan: everything, including acting on up to `BATCH` tickets per kind of promise (writes
+  rolled back instead of committed).
+
+The daily digest runs once a day, not every scan, so it is timed on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from datetime import time as time_of_day
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bench import population
+from bench.harness import BenchError, Section, median, migrate, routing, sqlite_url
+from bot.clock import ManualClock
+from bot.deadlines import BATCH, Deadlines
+from bot.delivery.outbox import Outbox
+from bot.i18n import Translator
+from bot.policy import Policy
+from bot.tickets import TicketService
+from scheduler.jobs import Jobs
+from storage.db import Database
+from storage.repository import Repository
+
+SCAN_AIM_MS = 50.0
+GROWTH_AIM = 2.0
+
+
+class RolledBackDatabase(Database):
+    """Every write transaction ends in a rollback, so a scan can be repeated on the same due tickets.
+    BEGIN IMMEDIATE and every statement run as in production; only the COMMIT is replaced."""
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            transaction = await conn.begin()
+            try:
+                yield conn
+            finally:
+                await transaction.rollback()
+
+
+@contextlib.contextmanager
+def timed_due_queries(spent: list[float]) -> Iterator[None]:
+    """Time every `Repository.due` call (the scan's reads of what is due) while inside the block."""
+    original = Repository.due
+
+    async def due(self: Repository, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - started)
+
+    Repository.due = due  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Repository.due = original  # type: ignore[method-assign]
+
+
+@dataclass
+class SizeResult:
+    tickets: int
+    populate_seconds: float
+    scans_ms: list[float] = field(default_factory=list)
+    due_queries_ms: list[float] = field(default_factory=list)
+    acted: dict[str, int] = field(default_factory=dict)
+    digest_ms: list[float] = field(default_factory=list)
+    plans: dict[str, list[str]] = field(default_factory=dict)
+    sqlite_ms: float = 0.0
+
+
+def _service(db: Database, clock: ManualClock, policy: Policy) -> TicketService:
+    rules = routing()
+    return TicketService(
+        Outbox(db, clock),
+        rules,
+        Translator(default=rules.default_locale),
+        citizen_update_every=policy.citizen_update_every,
+    )
+
+
+async def measure(path: Path, now: datetime, repetitions: int) -> SizeResult:
+    result = SizeResult(tickets=population.ticket_count(path), populate_seconds=0.0)
+    db = RolledBackDatabase(sqlite_url(path))
+    clock = ManualClock(now)
+    # The scan that runs every SCHEDULER_INTERVAL: production's default policy without the digest.
+    policy = replace(Policy(), digest_at=None)
+    deadlines = Deadlines(_service(db, clock, policy), policy)
+    jobs = Jobs(deadlines, clock)
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM tickets" in statement:
+            statements.append((statement, parameters))
+
+    try:
+        event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+        for repetition in range(repetitions + 1):
+            spent: list[float] = []
+            with timed_due_queries(spent):
+                started = time.perf_counter()
+                done = await jobs.scan()
+                elapsed = time.perf_counter() - started
+            if not done:
+                raise BenchError("the scan failed; see the log above")
+            if repetition == 0:
+                # The first scan after opening the database warms SQLite's page cache: not counted.
+                event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
+                result.acted = done
+                continue
+            result.scans_ms.append(elapsed * 1000)
+            result.due_queries_ms.append(sum(spent) * 1000)
+        # Midnight: the digest is due whatever the local time (and nothing records that it went).
+        daily = Deadlines(_service(db, clock, Policy()), Policy(digest_at=time_of_day(0, 0)))
+        for repetition in range(max(1, repetitions // 2)):
+            if repetition == 0:
+                event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+            started = time.perf_counter()
+            posted = await daily.digest(now)
+            if repetition == 0:
+                event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
+            result.digest_ms.append((time.perf_counter() - started) * 1000)
+            if posted != 1:
+                raise BenchError("the digest did not run")
+    finally:
+        await db.close()
+    result.plans = query_plans(path, statements)
+    result.sqlite_ms = sqlite_time(path, [(sql, args) for sql, args in statements if _is_due_query(sql)])
+    return result
+
+
+def _is_due_query(statement: str) -> bool:
+    return "ORDER BY" in statement and "LIMIT" in statement
+
+
+def sqlite_time(path: Path, statements: list[tuple[str, Any]], repetitions: int = 5) -> float:
+    """Median time SQLite alone takes for the scan's due queries (run through the stdlib driver and
+    fetched, no SQLAlchemy, no row objects): the part an index decides."""
+    distinct = list({(sql, tuple(args)): None for sql, args in statements})
+    connection = sqlite3.connect(path)
+    try:
+        totals = []
+        for _ in range(repetitions + 1):
+            started = time.perf_counter()
+            for sql, args in distinct:
+                connection.execute(sql, args).fetchall()
+            totals.append((time.perf_counter() - started) * 1000)
+        return median(totals[1:])
+    finally:
+        connection.close()
+
+
+def query_plans(path: Path, statements: list[tuple[str, Any]]) -> dict[str, list[str]]:
+    """SQLite's plan for each distinct ticket query the scan ran."""
+    plans: dict[str, list[str]] = {}
+    connection = sqlite3.connect(path)
+    try:
+        for statement, parameters in statements:
+            key = " ".join(statement.split())
+            if key in plans:
+                continue
+            rows = connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plans[key] = [str(row[-1]) for row in rows]
+    finally:
+        connection.close()
+    return plans
+
+
+async def prepare(path: Path, tickets: int) -> None:
+    """A migrated database holding `tickets` populated tickets."""
+    await migrate(path)
+    population.grow(path, tickets, datetime.now(UTC))
+
+
+async def run(workdir: Path, sizes: list[int], repetitions: int) -> tuple[Section, Path]:
+    """Returns the section and the database at the largest size, for the memory benchmark."""
+    section = Section("scheduler scan")
+    path = workdir / "scan.db"
+    await migrate(path)
+    now = datetime.now(UTC)
+    results: list[SizeResult] = []
+    for size in sizes:
+        started = time.perf_counter()
+        population.grow(path, size, now)
+        populated = time.perf_counter() - started
+        result = await measure(path, now, repetitions)
+        result.populate_seconds = populated
+        results.append(result)
+        due = sum(1 for _ in range(population.DUE_EVERY, size + 1, population.DUE_EVERY))
+        label = _size(size)
+        query_ms = median(result.due_queries_ms)
+        aim = f"< {SCAN_AIM_MS:.0f} ms" if size >= 1_000_000 else ""
+        ok = query_ms < SCAN_AIM_MS if aim else None
+        section.add(f"{label}: due queries per scan", query_ms, "ms", aim=aim, ok=ok, note=f"{due} due")
+        section.add(f"{label}: due queries, SQLite alone", result.sqlite_ms, "ms")
+        section.add(
+            f"{label}: whole scan, acting on {result.acted.get('overdue', 0)}", median(result.scans_ms), "ms"
+        )
+    first, last = results[0], results[-1]
+    growth = median(last.due_queries_ms) / median(first.due_queries_ms)
+    span = f"{_size(first.tickets)} → {_size(last.tickets)}"
+    section.add(f"due queries growth {span}", growth, "×", aim=f"< {GROWTH_AIM:.0f}×", ok=growth < GROWTH_AIM)
+    section.add(f"due queries growth {span}, SQLite alone", last.sqlite_ms / first.sqlite_ms, "×")
+    section.add(f"{_size(last.tickets)}: daily digest (once a day)", median(last.digest_ms), "ms")
+    full_scans = [
+        line
+        for plans in last.plans.values()
+        for line in plans
+        if line.startswith("SCAN") and "tickets" in line
+    ]
+    section.notes.append(
+        "Each scan runs on a database whose write transactions roll back, so every repetition finds the "
+        f"same due tickets; median of {repetitions} after one warm-up scan. 'Due queries' is the time "
+        "inside the scan's Repository.due calls; 'whole scan' also acts on up to "
+        f"{BATCH} tickets per kind of promise (updates, events, alerts queued). The digest is off in "
+        "these scans and timed apart."
+    )
+    if full_scans:
+        section.notes.append(
+            f"full table scans in the scan's or the digest's queries: {sorted(set(full_scans))}"
+        )
+    section.details = {
+        "sizes": [
+            {
+                "tickets": r.tickets,
+                "populate_seconds": round(r.populate_seconds, 1),
+                "due_queries_ms": [round(v, 2) for v in r.due_queries_ms],
+                "scans_ms": [round(v, 1) for v in r.scans_ms],
+                "digest_ms": [round(v, 1) for v in r.digest_ms],
+                "due_queries_sqlite_ms": round(r.sqlite_ms, 2),
+                "acted": r.acted,
+                "query_plans": r.plans,
+            }
+            for r in results
+        ]
+    }
+    return section, path
+
+
+def _size(tickets: int) -> str:
+    if tickets >= 1_000_000:
+        return f"{tickets // 1_000_000}M"
+    return f"{tickets // 1000}k"
