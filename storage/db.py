@@ -25,6 +25,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # The PostgreSQL advisory lock that write transactions (and migrations) take in turn; any constant unique
 # to this application will do ("CivicDsk" in ASCII).
 WRITE_LOCK_KEY = 0x436976696344736B
+# The execution option that marks a connection opened by `Database.transaction`.
+WRITER = "civicdesk_writer"
 
 
 class Database:
@@ -50,12 +52,16 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write_lock, self.engine.begin() as conn:
-            if self.is_postgres:
-                # Taken first, so each statement after it (READ COMMITTED) sees every earlier write: the
-                # same one-writer-at-a-time world as SQLite's BEGIN IMMEDIATE.
-                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
-            yield conn
+        async with self._write_lock, self.engine.connect() as conn:
+            # Only a writer asks SQLite for the write lock up front (see _configure_sqlite); reads
+            # begin deferred, so they never queue behind a writer for a snapshot.
+            await conn.execution_options(**{WRITER: True})
+            async with conn.begin():
+                if self.is_postgres:
+                    # Taken first, so each statement after it (READ COMMITTED) sees every earlier write:
+                    # the same one-writer-at-a-time world as SQLite's BEGIN IMMEDIATE.
+                    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
+                yield conn
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -86,7 +92,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writer takes the write lock at BEGIN, so it never fails to upgrade a read lock later; a read
+        # takes a WAL snapshot and no lock at all (an IMMEDIATE read would wait on every writer).
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITER) else "BEGIN")
 
 
 def alembic_config(database_url: str) -> Config:
