@@ -123,6 +123,24 @@ class Intake:
             await self.commits.write(done)
 
 
+class Pushed:
+    """A receiver the platform calls (a webhook, the VK Callback API): `handle` stores what arrives, and
+    `run` handles what a previous run stored but did not finish, then waits to be stopped."""
+
+    intake: Intake
+
+    def __init__(self) -> None:
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        await self.intake.replay()
+        await self._stopping.wait()
+        await self.intake.drain()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
 def without_nul(value: Any) -> Any:
     """The update with NUL characters taken out of its strings: no person means one, and PostgreSQL
     refuses them in text."""

@@ -17,10 +17,19 @@ from aiogram.types import Update
 
 from bot.clock import Clock
 from bot.domain import Platform
-from bot.intake import Intake, pause, until_stopped
+from bot.intake import Handler, Intake, pause, until_stopped
 from storage.db import Database
 
 log = logging.getLogger(__name__)
+
+
+def feeder(bot: Bot, dispatcher: Dispatcher) -> Handler:
+    """Hands a stored Telegram update to the dispatcher, however it arrived."""
+
+    async def feed(payload: dict[str, Any]) -> None:
+        await dispatcher.feed_update(bot, Update.model_validate(payload, context={"bot": bot}))
+
+    return feed
 
 
 class DurablePolling:
@@ -38,12 +47,8 @@ class DurablePolling:
         self.dispatcher = dispatcher
         self.timeout = timeout
         self.allowed_updates = allowed_updates
-        self.intake = Intake(db, clock, Platform.telegram, self._feed)
+        self.intake = Intake(db, clock, Platform.telegram, feeder(bot, dispatcher))
         self._stopping = asyncio.Event()
-
-    async def _feed(self, payload: dict[str, Any]) -> None:
-        update = Update.model_validate(payload, context={"bot": self.bot})
-        await self.dispatcher.feed_update(self.bot, update)
 
     async def run(self) -> None:
         await self.intake.replay()

@@ -8,11 +8,9 @@ aiogram's SimpleRequestHandler answers before anything is stored, hence this han
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
-from typing import Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.types import Update
@@ -21,15 +19,17 @@ from pydantic import ValidationError
 
 from bot.clock import Clock
 from bot.domain import Platform
-from bot.intake import Intake
+from bot.intake import Intake, Pushed
 from storage.db import Database
+
+from .polling import feeder
 
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
 
 
-class TelegramWebhook:
+class TelegramWebhook(Pushed):
     def __init__(
         self,
         bot: Bot,
@@ -47,12 +47,8 @@ class TelegramWebhook:
         self._secret = secret
         self._secret_bytes = secret.encode()
         self.allowed_updates = allowed_updates
-        self.intake = Intake(db, clock, Platform.telegram, self._feed)
-        self._stopping = asyncio.Event()
-
-    async def _feed(self, payload: dict[str, Any]) -> None:
-        update = Update.model_validate(payload, context={"bot": self.bot})
-        await self.dispatcher.feed_update(self.bot, update)
+        self.intake = Intake(db, clock, Platform.telegram, feeder(bot, dispatcher))
+        super().__init__()
 
     async def prepare(self) -> None:
         """Point Telegram at the webhook; updates that waited while the bot was down are kept."""
@@ -62,15 +58,6 @@ class TelegramWebhook:
             allowed_updates=self.allowed_updates,
             drop_pending_updates=False,
         )
-
-    async def run(self) -> None:
-        """Handle what a previous run stored but did not finish; new updates arrive through `handle`."""
-        await self.intake.replay()
-        await self._stopping.wait()
-        await self.intake.drain()
-
-    def stop(self) -> None:
-        self._stopping.set()
 
     async def handle(self, request: web.Request) -> web.Response:
         given = request.headers.get(SECRET_HEADER, "").encode("utf-8", "replace")

@@ -7,7 +7,6 @@ poll before a switch of modes, is handled once.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -20,13 +19,13 @@ from vkbottle.dispatch.abc import ABCRouter
 
 from bot.clock import Clock
 from bot.domain import Platform
-from bot.intake import Intake
+from bot.intake import Intake, Pushed
 from storage.db import Database
 
 log = logging.getLogger(__name__)
 
 
-class VkCallback:
+class VkCallback(Pushed):
     def __init__(
         self,
         api: API,
@@ -44,19 +43,10 @@ class VkCallback:
         self._secret = secret.encode()
         self._confirmation_code = confirmation_code
         self.intake = Intake(db, clock, Platform.vk, self._route)
-        self._stopping = asyncio.Event()
+        super().__init__()
 
     async def _route(self, event: dict[str, Any]) -> None:
         await self.router.route(event, self.api)
-
-    async def run(self) -> None:
-        """Handle what a previous run stored but did not finish; new events arrive through `handle`."""
-        await self.intake.replay()
-        await self._stopping.wait()
-        await self.intake.drain()
-
-    def stop(self) -> None:
-        self._stopping.set()
 
     async def handle(self, request: web.Request) -> web.Response:
         try:
