@@ -76,7 +76,8 @@ class Intake:
             if payload is not None:
                 self._spawn(item_id, key, payload)
         if items:
-            log.info("%s: handling %d updates stored before the last stop", self.platform.value, len(items))
+            # At start-up: what the last run left; later (the sweep): what another instance left.
+            log.info("%s: handling %d updates stored but not handled", self.platform.value, len(items))
         return len(items)
 
     async def drain(self) -> None:
