@@ -144,13 +144,16 @@ def sqlite_url(path: Path) -> str:
 
 
 class Profiler:
-    """py-spy attached to every child process (`--profile`): one collapsed-stack file per process."""
+    """py-spy attached to every child process (`--profile`): one collapsed-stack file per process.
+    (`--cprofile` runs bots under bench/cprofile.py instead; see `bot_process`.)"""
 
     folder: Path | None = None
+    cprofile = False
 
-    def __init__(self, name: str, pid: int) -> None:
+    def __init__(self, name: str, pid: int, phase: str) -> None:
         self.name = name
         self.pid = pid
+        self.phase = phase
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -159,7 +162,7 @@ class Profiler:
         py_spy = Path(sys.executable).parent / "py-spy"
         if not py_spy.exists():
             raise BenchError("--profile needs py-spy in the virtualenv: .venv/bin/pip install py-spy")
-        target = self.folder / f"{self.name}-{self.pid}.folded"
+        target = self.folder / f"{self.name}-{self.pid}-{self.phase}.folded"
         self.process = await asyncio.create_subprocess_exec(
             str(py_spy),
             "record",
@@ -195,6 +198,8 @@ class Process:
         self.log_path = workdir / f"{name}.log"
         self.process: asyncio.subprocess.Process | None = None
         self.profiler: Profiler | None = None
+        # Run under bench/cprofile.py, which starts profiling on SIGUSR1.
+        self.cprofiled = False
 
     @property
     def pid(self) -> int:
@@ -211,7 +216,16 @@ class Process:
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
             )
-        self.profiler = Profiler(self.name, self.process.pid)
+        self.profiler = Profiler(self.name, self.process.pid, "start")
+        await self.profiler.start()
+
+    async def measuring(self) -> None:
+        """From here on the profile (`--profile`) goes to a file of its own, without start-up and warm-up;
+        under `--cprofile` profiling starts here."""
+        if self.cprofiled:
+            os.kill(self.pid, signal.SIGUSR1)
+        await self._stop_profiler()
+        self.profiler = Profiler(self.name, self.pid, "measured")
         await self.profiler.start()
 
     async def start(self, tg: FakeTelegram) -> float:
@@ -299,12 +313,18 @@ class TxStats:
 
 
 def bot_process(workdir: Path, env: dict[str, str], name: str = "bot") -> Process:
-    """`python -m bot run` as an operator starts it (under bench/txstats.py with --tx-stats)."""
-    if not TxStats.enabled:
-        return Process(name, [sys.executable, "-m", "bot", "run"], env, workdir)
-    process = Process(name, [sys.executable, "-m", "bench.txstats", "run"], dict(env), workdir)
-    process.env["BENCH_TX_STATS"] = str(TxStats.path(process))
-    return process
+    """`python -m bot run` as an operator starts it (under bench/txstats.py with --tx-stats, under
+    bench/cprofile.py with --cprofile)."""
+    if TxStats.enabled:
+        process = Process(name, [sys.executable, "-m", "bench.txstats", "run"], dict(env), workdir)
+        process.env["BENCH_TX_STATS"] = str(TxStats.path(process))
+        return process
+    if Profiler.cprofile:
+        process = Process(name, [sys.executable, "-m", "bench.cprofile", "run"], dict(env), workdir)
+        process.env["BENCH_CPROFILE"] = str(workdir / f"{name}.pstats")
+        process.cprofiled = True
+        return process
+    return Process(name, [sys.executable, "-m", "bot", "run"], env, workdir)
 
 
 async def migrate(database: Path) -> None:

@@ -162,6 +162,7 @@ async def run_echo(workdir: Path, users: int) -> Load:
             warm = _add_people(tg, 3_000_000, WARM_UP)
             await _crowd(warm, lambda load, uid: echo_exchange(tg, load, uid, STEPS_PER_REPORT))
             people = _add_people(tg, 2_000_000, users)
+            await echo.measuring()
             cpu = echo.cpu_seconds()
             load = await _crowd(people, lambda load, uid: echo_exchange(tg, load, uid, STEPS_PER_REPORT))
             load.cpu_seconds = echo.cpu_seconds() - cpu
@@ -181,6 +182,7 @@ async def run_intake(workdir: Path, citizens: int) -> tuple[Load, dict[str, int]
             warm = _add_people(tg, 3_000_000, WARM_UP)
             await _crowd(warm, lambda load, uid: file_report(tg, load, uid))
             people = _add_people(tg, 1_000_000, citizens)
+            await bot.measuring()
             cpu = bot.cpu_seconds()
             load = await _crowd(people, lambda load, uid: file_report(tg, load, uid))
             bot.check_alive()

@@ -5,6 +5,8 @@
     python -m bench --only scan,storage
     python -m bench --profile      # py-spy on every bot process; collapsed stacks kept in the work dir
     python -m bench --tx-stats     # the bot's write transactions counted by call site (bench/txstats.py)
+    python -m bench --cprofile     # cProfile and SQL statements of the measured part (bench/cprofile.py)
+    python -m bench --citizens 100 # intake with this many citizens instead of the plan's
 
 Everything runs on 127.0.0.1: the fake Telegram server inside this process, the bot (`python -m bot
 run`) and the echo bot as child processes configured through their environment.
@@ -21,7 +23,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,8 +82,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--output", type=Path, help="JSON file (default bench/results.json, -quick for --quick)"
     )
+    parser.add_argument("--citizens", type=int, help="intake: this many citizens instead of the plan's")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (databases, bot logs)")
     parser.add_argument("--profile", action="store_true", help="py-spy every bot process (implies --keep)")
+    parser.add_argument(
+        "--cprofile",
+        action="store_true",
+        help="cProfile the bot while measured, and count its SQL statements (implies --keep)",
+    )
     parser.add_argument(
         "--tx-stats", action="store_true", help="count the bot's write transactions by call site (slower)"
     )
@@ -168,9 +176,12 @@ def report(sections: list[Section]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     plan = QUICK if args.quick else FULL
+    if args.citizens:
+        plan = replace(plan, citizens=args.citizens)
     workdir = Path(tempfile.mkdtemp(prefix="civicdesk-bench-"))
     if args.profile:
         Profiler.folder = workdir
+    Profiler.cprofile = args.cprofile
     TxStats.enabled = args.tx_stats
     command = "python -m bench" + (" --quick" if args.quick else "")
     host = machine()
@@ -183,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(runner.run())
     finally:
         seconds = time.perf_counter() - started
-        keep = args.keep or args.profile or bool(runner.failed)
+        keep = args.keep or args.profile or args.cprofile or bool(runner.failed)
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     load_after = load_average()
