@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
-from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, BotCommandScopeAllPrivateChats
@@ -27,7 +26,7 @@ from bot.delivery.limits import RateLimiter, Rates
 from bot.delivery.media import MediaFetcher
 from bot.delivery.outbox import Outbox
 from bot.delivery.shared_limits import SharedLimits
-from bot.delivery.telegram import TelegramMessenger
+from bot.delivery.telegram import TelegramMessenger, TelegramSession
 from bot.delivery.worker import DeliveryWorker
 from bot.dialog import CitizenDialog, Limits
 from bot.domain import Platform
@@ -153,7 +152,7 @@ class App:
     def _telegram_bot(self) -> Bot:
         token = self.settings.telegram_bot_token
         assert token is not None
-        session = AiohttpSession(api=TelegramAPIServer.from_base(self.settings.telegram_api_url))
+        session = TelegramSession(api=TelegramAPIServer.from_base(self.settings.telegram_api_url))
         return Bot(
             token.get_secret_value(), session=session, default=DefaultBotProperties(parse_mode=ParseMode.HTML)
         )

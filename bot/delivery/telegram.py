@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.exceptions import (
     ClientDecodeError,
     TelegramBadRequest,
@@ -17,6 +18,7 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
+from aiogram.methods import Response, TelegramMethod
 from aiogram.types import (
     BufferedInputFile,
     ForceReply,
@@ -37,6 +39,27 @@ from .base import ChatMigrated, PermanentError, Progress, RetryAfter, TransientE
 CAPTION_LIMIT = 1024
 TEXT_LIMIT = 4096
 T = TypeVar("T")
+
+
+class TelegramSession(AiohttpSession):
+    """aiogram's HTTP session, keeping the response models it builds.
+
+    aiogram parses every answer as `Response[<the method's result type>]`; pydantic caches such a model
+    only while something else holds it, so once the garbage collector has run it builds the model again,
+    several milliseconds each time. Holding one per result type keeps that to once per process.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._responses: dict[Any, type[Response[Any]]] = {}
+
+    def check_response(
+        self, bot: Bot, method: TelegramMethod[T], status_code: int, content: str
+    ) -> Response[T]:
+        returning = method.__returning__
+        if returning not in self._responses:
+            self._responses[returning] = Response[returning]  # type: ignore[valid-type]
+        return super().check_response(bot, method, status_code, content)
 
 
 def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
