@@ -21,6 +21,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from storage.sqlite_driver import Checkpointer, LoopDBAPI
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The PostgreSQL advisory lock that write transactions (and migrations) take in turn; any constant unique
 # to this application will do ("CivicDsk" in ASCII).
@@ -41,14 +43,17 @@ class Database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            kwargs["module"] = LoopDBAPI()
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         # Writers take turns: within the process here, so waiting tasks hold no connection (and, on SQLite,
         # never see "database is locked"); between processes (a second instance, `bot migrate`) through
         # SQLite's busy timeout or PostgreSQL's advisory lock.
         self._write_lock = asyncio.Lock()
+        self.checkpointer: Checkpointer | None = None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+            self.checkpointer = Checkpointer(self.engine)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -62,6 +67,8 @@ class Database:
                     # the same one-writer-at-a-time world as SQLite's BEGIN IMMEDIATE.
                     await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
                 yield conn
+        if self.checkpointer is not None:
+            self.checkpointer.wrote()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -72,6 +79,8 @@ class Database:
             yield conn
 
     async def close(self) -> None:
+        if self.checkpointer is not None:
+            await self.checkpointer.close()
         await self.engine.dispose()
 
 
@@ -84,7 +93,11 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # would begin DEFERRED and fail to upgrade to a write lock under contention.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # Switching to WAL needs a lock another process's writer may hold; once the file is in WAL mode
+        # (it stays so) a new connection only asks.
+        cursor.execute("PRAGMA journal_mode")
+        if cursor.fetchone()[0] != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")

@@ -1,16 +1,22 @@
-"""The Telegram messenger's reading of failures that are not the Bot API's own answers."""
+"""The Telegram messenger's reading of failures that are not the Bot API's own answers, and its session."""
 
 from __future__ import annotations
 
+import gc
+import json
+from typing import Any
+
+import pydantic._internal._generics as pydantic_generics
 import pytest
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiogram.methods import EditMessageReplyMarkup, SendMessage
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bot.delivery.base import TransientError
-from bot.delivery.telegram import TelegramMessenger
+from bot.delivery.telegram import TelegramMessenger, TelegramSession
 from bot.messages import Outgoing
 from tests.conftest import TOKEN
 
@@ -35,3 +41,38 @@ async def test_a_proxy_error_page_is_a_transient_failure() -> None:
 
 async def _no_fetch(_: object) -> bytes:
     raise AssertionError("nothing to fetch")
+
+
+async def test_the_session_builds_a_response_model_once_per_result_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiogram reads every answer as `Response[<result type>]`; pydantic's cache of such models lets the
+    garbage collector take them, and building one again costs milliseconds."""
+    built: list[str] = []
+    original = pydantic_generics.create_generic_submodel
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        built.append(name)
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(pydantic_generics, "create_generic_submodel", counted)
+    # As in a fresh process: whatever earlier tests built is forgotten.
+    pydantic_generics._GENERIC_TYPES_CACHE.clear()
+    message = {"message_id": 1, "date": 0, "chat": {"id": 1, "type": "private"}, "text": "hi"}
+    session = TelegramSession()
+    bot = Bot(TOKEN, session=session)
+    try:
+        for _ in range(3):
+            session.check_response(
+                bot, SendMessage(chat_id=1, text="hi"), 200, json.dumps({"ok": True, "result": message})
+            )
+            session.check_response(
+                bot,
+                EditMessageReplyMarkup(chat_id=1, message_id=1),
+                200,
+                json.dumps({"ok": True, "result": True}),
+            )
+            gc.collect()
+    finally:
+        await session.close()
+    assert sorted(built) == ["Response[Message]", "Response[Union[Message, bool]]"]

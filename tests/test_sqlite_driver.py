@@ -1,0 +1,157 @@
+"""SQLite statements run on the event loop; only a wait for another process's write lock, and the
+checkpoint, go to the connection's thread (storage/sqlite_driver.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiosqlite
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from bot.domain import Platform
+from storage.db import Database
+from storage.repository import Repository
+from storage.schema import cursors
+
+pytestmark = pytest.mark.sqlite_only("the SQLite driver")
+
+NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+
+
+class Trips(list[str]):
+    """What went to a connection's thread: the statement, or the name of the function sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
+
+    async def wait_for(self, statement: str) -> None:
+        async with asyncio.timeout(10):
+            while statement not in self:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[Trips]:
+    sent = Trips()
+    original = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(" ".join(a for a in args if isinstance(a, str)) or getattr(fn, "__name__", "?"))
+        sent.changed.set()
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    yield sent
+
+
+def path_of(url: str) -> str:
+    database = make_url(url).database
+    assert database is not None
+    return database
+
+
+async def test_reads_and_writes_make_no_trip_to_the_connection_thread(db: Database, trips: Trips) -> None:
+    async with db.transaction() as conn:  # the pool's connection exists from here on
+        await Repository(conn).save_cursor("warm", "1", NOW)
+    trips.clear()
+
+    async with db.transaction() as conn:
+        repo = Repository(conn)
+        assert await repo.mark_processed(Platform.telegram, "u1", NOW)
+        await repo.save_cursor("poll", "42", NOW)
+    async with db.read() as conn:
+        repo = Repository(conn)
+        assert await repo.was_processed(Platform.telegram, "u1")
+        assert await repo.cursor("poll") == "42"
+
+    assert trips == []
+
+
+async def test_a_failing_statement_raises_as_sqlalchemy_would_and_rolls_back(db: Database) -> None:
+    with pytest.raises(IntegrityError):
+        async with db.transaction() as conn:
+            await conn.execute(cursors.insert().values(name="twice", value="1", updated_at=NOW))
+            await conn.execute(cursors.insert().values(name="twice", value="2", updated_at=NOW))
+    with pytest.raises(OperationalError):
+        async with db.read() as conn:
+            await conn.exec_driver_sql("SELECT * FROM no_such_table")
+    async with db.read() as conn:
+        assert await Repository(conn).cursor("twice") is None
+
+
+async def test_a_writer_waits_for_another_process_on_its_thread_while_the_loop_goes_on(
+    database_url: str, db: Database, trips: Trips
+) -> None:
+    async with db.read() as conn:  # the bot is up: the file is in WAL mode
+        assert await Repository(conn).cursor("after") is None
+    other = sqlite3.connect(path_of(database_url), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+
+        async def write() -> None:
+            async with db.transaction() as conn:
+                await Repository(conn).save_cursor("after", "1", NOW)
+
+        writer = asyncio.create_task(write())
+        # The writer asked for the lock on its connection's thread and waits there ...
+        await trips.wait_for("BEGIN IMMEDIATE")
+        # ... while the loop goes on: reads still answer from their snapshot.
+        async with db.read() as conn:
+            assert await Repository(conn).cursor("after") is None
+        assert not writer.done()
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    await asyncio.wait_for(writer, 10)
+    async with db.read() as conn:
+        assert await Repository(conn).cursor("after") == "1"
+
+
+async def test_commits_leave_the_checkpoint_to_the_checkpointer(database_url: str, db: Database) -> None:
+    def in_database_file() -> int:
+        """Rows the database file itself holds, the write-ahead log left out."""
+        probe = sqlite3.connect(f"file:{path_of(database_url)}?immutable=1", uri=True)
+        try:
+            return int(probe.execute("SELECT count(*) FROM cursors WHERE name LIKE 'c%'").fetchone()[0])
+        finally:
+            probe.close()
+
+    async with db.read() as conn:
+        assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
+    for batch in range(5):  # about 1,500 pages: past SQLite's own checkpoint threshold of 1,000
+        async with db.transaction() as conn:
+            await conn.execute(
+                cursors.insert(),
+                [{"name": f"c{batch}-{i}", "value": "x" * 2000, "updated_at": NOW} for i in range(1000)],
+            )
+    assert in_database_file() == 0
+
+    assert db.checkpointer is not None
+    await db.checkpointer.checkpoint()
+    assert in_database_file() == 5000
+
+
+async def test_the_checkpointer_runs_after_writes_and_stops_with_the_database(database_url: str) -> None:
+    db = Database(database_url)
+    assert db.checkpointer is not None
+    db.checkpointer.every = 0.01
+    ran = asyncio.Event()
+    original = db.checkpointer.checkpoint
+
+    async def checkpoint() -> None:
+        await original()
+        ran.set()
+
+    db.checkpointer.checkpoint = checkpoint  # type: ignore[method-assign]
+    async with db.transaction() as conn:
+        await Repository(conn).save_cursor("a", "b", NOW)
+    await asyncio.wait_for(ran.wait(), 10)
+    await db.close()
