@@ -2,8 +2,10 @@
 
 A poller hands each batch to `Intake.accept` and asks the platform for the next batch only after it
 returns (that next request is what confirms the batch to Telegram; for VK the saved cursor plays that
-part). An update leaves the inbox once handled; after a crash the inbox is handled again, and outbox
-keys derived from each update keep that second pass from sending anything twice.
+part). An update leaves the inbox in the transaction that marks it handled: the first one that queues a
+message (`Outbox.unit`, together with the change it makes), or one of its own once the handler is done.
+After a crash the inbox is handled again, and outbox keys derived from each update keep that second
+pass from sending anything twice.
 """
 
 from __future__ import annotations
@@ -39,25 +41,28 @@ class Intake:
         self._slots = asyncio.Semaphore(concurrency)
         self.commits = GroupCommit(db)
         self._tasks: set[asyncio.Task[None]] = set()
-        # Inbox rows being handled now: after a restart the same row can come from the replay and
-        # again from the platform's redelivery, and must be handled once.
-        self._in_flight: set[int] = set()
+        # Updates (by key) being handled now: after a restart the same update can come from the replay
+        # and again from the platform's redelivery, and must be handled once. Not by inbox row: a row
+        # leaves the inbox before its handler ends, and SQLite may give its id to the next row.
+        self._in_flight: set[str] = set()
         # Told of every update handled (True) or whose handler raised (False); for the metrics.
         self.on_handled: Callable[[Platform, bool], None] | None = None
 
     async def accept(
         self, updates: Sequence[tuple[str, dict[str, Any]]], cursor: tuple[str, str] | None = None
     ) -> None:
-        """Store a batch (and where the poll got to) in one transaction, then start handling it."""
+        """Store a batch (and where the poll got to) in one transaction, then start handling it. An update
+        handled before (the platform sent it again) leaves at once."""
         now = self.clock.now()
         updates = [(key, without_nul(payload)) for key, payload in updates]
         async with self.db.transaction() as conn:
             repo = Repository(conn)
-            for key, payload in updates:
-                await repo.store_inbox(self.platform, key, payload, now)
+            await repo.store_inbox(self.platform, updates, now)
             if cursor is not None:
                 await repo.save_cursor(*cursor, now)
-            ids = await repo.inbox_ids(self.platform, [key for key, _ in updates])
+            ids = await self._unhandled(
+                repo, await repo.inbox_ids(self.platform, [key for key, _ in updates])
+            )
         for key, payload in updates:
             if key in ids:
                 self._spawn(ids[key], key, payload)
@@ -69,50 +74,60 @@ class Intake:
             items = await Repository(conn).inbox_items(
                 self.platform, limit=100_000, received_before=received_before
             )
-        items = [(item_id, key) for item_id, key in items if item_id not in self._in_flight]
-        for item_id, key in items:
+        items = [(item_id, key) for item_id, key in items if key not in self._in_flight]
+        if not items:
+            return 0
+        async with self.db.transaction() as conn:
+            ids = await self._unhandled(Repository(conn), {key: item_id for item_id, key in items})
+        for key, item_id in ids.items():
             async with self.db.read() as conn:
                 payload = await Repository(conn).inbox_payload(item_id)
             if payload is not None:
                 self._spawn(item_id, key, payload)
-        if items:
+        if ids:
             # At start-up: what the last run left; later (the sweep): what another instance left.
-            log.info("%s: handling %d updates stored but not handled", self.platform.value, len(items))
-        return len(items)
+            log.info("%s: handling %d updates stored but not handled", self.platform.value, len(ids))
+        return len(ids)
+
+    async def _unhandled(self, repo: Repository, ids: dict[str, int]) -> dict[str, int]:
+        """Of these inbox rows (by update key), those not handled yet; the others leave the inbox."""
+        for key in await repo.processed_among(self.platform, list(ids)):
+            await repo.drop_inbox(ids.pop(key))
+        return ids
 
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _spawn(self, item_id: int, key: str, payload: dict[str, Any]) -> None:
-        if item_id in self._in_flight:
+        if key in self._in_flight:
             return
-        self._in_flight.add(item_id)
+        self._in_flight.add(key)
         task = asyncio.create_task(self._handle(item_id, key, payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._in_flight.discard(item_id))
+        task.add_done_callback(lambda _: self._in_flight.discard(key))
 
     async def _handle(self, item_id: int, key: str, payload: dict[str, Any]) -> None:
         async with self._slots:
-            async with self.db.read() as conn:
-                seen = await Repository(conn).was_processed(self.platform, key)
-            if not seen:
-                token = current_origin.set(Origin(self.platform, key))
-                ok = False
-                try:
-                    await self.handler(payload)
-                    ok = True
-                except AlreadyHandled:
-                    ok = True
-                    log.info("%s update %s was handled elsewhere meanwhile", self.platform.value, key)
-                except Exception:
-                    # One bad update must not stop the others; it is logged and not retried forever.
-                    log.exception("%s update %s failed", self.platform.value, key)
-                finally:
-                    current_origin.reset(token)
-                if self.on_handled is not None:
-                    self.on_handled(self.platform, ok)
+            origin = Origin(self.platform, key, inbox_id=item_id)
+            token = current_origin.set(origin)
+            ok = False
+            try:
+                await self.handler(payload)
+                ok = True
+            except AlreadyHandled:
+                ok = True
+                log.info("%s update %s was handled elsewhere meanwhile", self.platform.value, key)
+            except Exception:
+                # One bad update must not stop the others; it is logged and not retried forever.
+                log.exception("%s update %s failed", self.platform.value, key)
+            finally:
+                current_origin.reset(token)
+            if self.on_handled is not None:
+                self.on_handled(self.platform, ok)
+            if origin.recorded:
+                return  # marked handled and out of the inbox with the change it made
             now = self.clock.now()
 
             async def done(conn: AsyncConnection) -> None:

@@ -473,18 +473,35 @@ class Repository:
         )
 
     async def was_processed(self, platform: Platform, key: str) -> bool:
-        value = await self.conn.scalar(
-            sa.select(sa.literal(1)).where(
-                processed_updates.c.platform == platform.value, processed_updates.c.key == key
-            )
-        )
-        return value is not None
+        return bool(await self.processed_among(platform, [key]))
 
-    async def store_inbox(self, platform: Platform, key: str, payload: dict[str, Any], now: datetime) -> None:
-        await self._insert_ignoring_conflict(
-            inbox,
-            {"platform": platform.value, "key": key, "payload": payload, "received_at": now},
-            ["platform", "key"],
+    async def processed_among(self, platform: Platform, keys: Sequence[str]) -> set[str]:
+        """Which of these updates were handled already."""
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            rows = await self.conn.execute(
+                sa.select(processed_updates.c.key).where(
+                    processed_updates.c.platform == platform.value,
+                    processed_updates.c.key.in_(keys[start : start + 500]),
+                )
+            )
+            found.update(str(key) for key in rows.scalars())
+        return found
+
+    async def store_inbox(
+        self, platform: Platform, updates: Sequence[tuple[str, dict[str, Any]]], now: datetime
+    ) -> None:
+        """Store updates by key; one stored already stays as it is."""
+        if not updates:
+            return
+        dialect = self.conn.dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        await self.conn.execute(
+            insert(inbox).on_conflict_do_nothing(index_elements=["platform", "key"]),
+            [
+                {"platform": platform.value, "key": key, "payload": payload, "received_at": now}
+                for key, payload in updates
+            ],
         )
 
     async def inbox_items(
@@ -547,17 +564,23 @@ class Repository:
     async def save_conversation(
         self, platform: Platform, chat_id: int, state: dict[str, Any] | None, now: datetime
     ) -> None:
-        await self.conn.execute(
-            conversations.delete().where(
-                conversations.c.platform == platform.value, conversations.c.chat_id == chat_id
-            )
-        )
-        if state is not None:
+        if state is None:
             await self.conn.execute(
-                conversations.insert().values(
-                    platform=platform.value, chat_id=chat_id, state=state, updated_at=now
+                conversations.delete().where(
+                    conversations.c.platform == platform.value, conversations.c.chat_id == chat_id
                 )
             )
+            return
+        insert = postgresql.insert if self.conn.dialect.name == "postgresql" else sqlite.insert
+        statement = insert(conversations).values(
+            platform=platform.value, chat_id=chat_id, state=state, updated_at=now
+        )
+        await self.conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["platform", "chat_id"],
+                set_={"state": statement.excluded.state, "updated_at": statement.excluded.updated_at},
+            )
+        )
 
     # health and metrics
 

@@ -22,7 +22,7 @@ from bot.intake import Intake
 from bot.messages import Outgoing
 from storage.db import Database
 from storage.repository import Repository
-from storage.schema import cursors, outbox
+from storage.schema import cursors, inbox, outbox
 from tests.test_delivery_worker import RecordingMessenger, queue
 
 CLAIM = 60.0
@@ -103,7 +103,7 @@ async def test_an_update_handled_twice_at_once_changes_things_once(db: Database,
     one = Intake(db, clock, Platform.telegram, handler)
     other = Intake(db, clock, Platform.telegram, handler)
     async with db.transaction() as conn:
-        await Repository(conn).store_inbox(Platform.telegram, "42", {"by": "x"}, clock.now())
+        await Repository(conn).store_inbox(Platform.telegram, [("42", {"by": "x"})], clock.now())
     await one.accept([("42", {"by": "one"})])
     await other.accept([("42", {"by": "other"})])
     await asyncio.wait_for(asyncio.gather(one.drain(), other.drain()), 10)
@@ -111,6 +111,57 @@ async def test_an_update_handled_twice_at_once_changes_things_once(db: Database,
         effects = list(await conn.scalars(sa.select(cursors.c.name).where(cursors.c.name.like("effect:%"))))
         answers = await conn.scalar(sa.select(sa.func.count()).select_from(outbox))
     assert len(effects) == 1 and answers == 1
+
+
+async def test_an_update_the_platform_sends_again_after_it_was_handled_is_dropped(
+    db: Database, clock: ManualClock
+) -> None:
+    box = Outbox(db, clock)
+    handled: list[int] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        handled.append(payload["n"])
+        async with box.unit() as u:
+            await u.send(Platform.telegram, 1, Outgoing("answer"))
+
+    intake = Intake(db, clock, Platform.telegram, handler)
+    await intake.accept([("9", {"n": 1})])
+    await asyncio.wait_for(intake.drain(), 10)
+    # Sent again (the confirmation was lost), and left in the inbox by a run that stopped in between.
+    await intake.accept([("9", {"n": 2})])
+    await asyncio.wait_for(intake.drain(), 10)
+    async with db.transaction() as conn:
+        await Repository(conn).store_inbox(Platform.telegram, [("9", {"n": 3})], clock.now())
+    assert await intake.replay() == 0
+    assert handled == [1]
+    async with db.read() as conn:
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(inbox)) == 0
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(outbox)) == 1
+
+
+async def test_an_update_is_handled_while_the_one_before_is_still_finishing(
+    db: Database, clock: ManualClock
+) -> None:
+    """The first update leaves the inbox with its answer but its handler goes on; the next row may get
+    the same id from SQLite, and is still handled."""
+    box = Outbox(db, clock)
+    finish = asyncio.Event()
+    answered = {1: asyncio.Event(), 2: asyncio.Event()}
+
+    async def handler(payload: dict[str, Any]) -> None:
+        async with box.unit() as u:
+            await u.send(Platform.telegram, 1, Outgoing(f"answer {payload['n']}"))
+        answered[payload["n"]].set()
+        if payload["n"] == 1:
+            await finish.wait()
+
+    intake = Intake(db, clock, Platform.telegram, handler)
+    await intake.accept([("1", {"n": 1})])
+    await asyncio.wait_for(answered[1].wait(), 10)
+    await intake.accept([("2", {"n": 2})])
+    await asyncio.wait_for(answered[2].wait(), 10)
+    finish.set()
+    await asyncio.wait_for(intake.drain(), 10)
 
 
 async def test_a_sweep_handles_what_a_dead_instance_left_only_once_it_is_old(
@@ -122,7 +173,7 @@ async def test_a_sweep_handles_what_a_dead_instance_left_only_once_it_is_old(
         handled.append(payload["text"])
 
     async with db.transaction() as conn:
-        await Repository(conn).store_inbox(Platform.telegram, "7", {"text": "left behind"}, clock.now())
+        await Repository(conn).store_inbox(Platform.telegram, [("7", {"text": "left behind"})], clock.now())
     survivor = Intake(db, clock, Platform.telegram, handler)
     assert await survivor.replay(received_before=clock.now() - timedelta(seconds=60)) == 0
     clock.advance(timedelta(seconds=61))

@@ -240,7 +240,7 @@ async def test_updates_stored_before_a_restart_are_handled_on_start(
     update = start_update(7003)
     db = Database(database_url)
     async with db.transaction() as conn:
-        await Repository(conn).store_inbox(Platform.telegram, "7003", update, datetime.now(UTC))
+        await Repository(conn).store_inbox(Platform.telegram, [("7003", update)], datetime.now(UTC))
     await db.close()
     async with running_world(database_url, routing, **WEBHOOK) as world:
         world.tg.add_user(user_id=ALICE, first_name="Алиса", language_code="ru")

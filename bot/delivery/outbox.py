@@ -28,6 +28,8 @@ class Origin:
 
     platform: Platform
     key: str
+    # Its row in the inbox, which leaves with the "handled" mark.
+    inbox_id: int | None = None
     counter: itertools.count[int] = field(default_factory=itertools.count)
     recorded: bool = False
 
@@ -98,6 +100,8 @@ class Outbox:
                 # new citizen, are idempotent by themselves.)
                 if not await unit.repo.mark_processed(origin.platform, origin.key, unit.now):
                     raise AlreadyHandled(origin.key)
+                if origin.inbox_id is not None:
+                    await unit.repo.drop_inbox(origin.inbox_id)
                 origin.recorded = True
         if unit.queued:
             for wake in self._listeners:

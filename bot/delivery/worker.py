@@ -214,10 +214,7 @@ class DeliveryWorker:
         messenger = self.messengers[platform]
         message = Outgoing.from_json(row.payload)
         try:
-            async with self.db.read() as conn:
-                repo = Repository(conn)
-                target = await self._resolve(repo, platform, row.chat_id, message.edit)
-                reply_to = await self._resolve(repo, platform, row.chat_id, message.reply_to)
+            target, reply_to = await self._targets(platform, row.chat_id, message)
             if message.edit is not None and target is None:
                 await self._fail(row, "the message to edit was never sent")
                 return True
@@ -278,6 +275,25 @@ class DeliveryWorker:
     def _hold(self, permit: Permit) -> None:
         if self.limiter_wait is None or permit.wait < self.limiter_wait:
             self.limiter_wait = permit.wait
+
+    async def _targets(
+        self, platform: Platform, chat_id: int, message: Outgoing
+    ) -> tuple[int | None, int | None]:
+        """The ids of the message to edit and of the one to reply to, where the message names them by
+        their ticket rather than by id (known only once those were sent)."""
+        edit, reply_to = message.edit, message.reply_to
+        if (edit is None or edit.message_id is not None) and (
+            reply_to is None or reply_to.message_id is not None
+        ):
+            return (None if edit is None else edit.message_id), (
+                None if reply_to is None else reply_to.message_id
+            )
+        async with self.db.read() as conn:
+            repo = Repository(conn)
+            return (
+                await self._resolve(repo, platform, chat_id, edit),
+                await self._resolve(repo, platform, chat_id, reply_to),
+            )
 
     @staticmethod
     async def _resolve(repo: Repository, platform: Platform, chat_id: int, ref: Any) -> int | None:
