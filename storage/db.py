@@ -39,7 +39,9 @@ class Database:
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.is_postgres = parsed.get_backend_name() == "postgresql"
-        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
+        in_memory = self.is_sqlite and parsed.database in (None, "", ":memory:")
+        if self.is_sqlite and not in_memory:
+            assert parsed.database is not None
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
@@ -48,16 +50,22 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         # Writers take turns: within the process here, so waiting tasks hold no connection (and, on SQLite,
         # never see "database is locked"); between processes (a second instance, `bot migrate`) through
-        # SQLite's busy timeout or PostgreSQL's advisory lock.
+        # SQLite's busy timeout or PostgreSQL's advisory lock. The writer in turn has a connection of its
+        # own: it never queues for one behind readers while the others queue behind it.
         self._write_lock = asyncio.Lock()
+        # (An in-memory database lives in its one connection.)
+        self._writer = (
+            self.engine if in_memory else create_async_engine(url, pool_size=1, max_overflow=0, **kwargs)
+        )
         self.checkpointer: Checkpointer | None = None
         if self.is_sqlite:
-            _configure_sqlite(self.engine)
+            for engine in {self.engine, self._writer}:
+                _configure_sqlite(engine)
             self.checkpointer = Checkpointer(self.engine)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write_lock, self.engine.connect() as conn:
+        async with self._write_lock, self._writer.connect() as conn:
             # Only a writer asks SQLite for the write lock up front (see _configure_sqlite); reads
             # begin deferred, so they never queue behind a writer for a snapshot.
             await conn.execution_options(**{WRITER: True})
@@ -81,6 +89,8 @@ class Database:
     async def close(self) -> None:
         if self.checkpointer is not None:
             await self.checkpointer.close()
+        if self._writer is not self.engine:
+            await self._writer.dispose()
         await self.engine.dispose()
 
 

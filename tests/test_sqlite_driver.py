@@ -59,8 +59,11 @@ def path_of(url: str) -> str:
 
 
 async def test_reads_and_writes_make_no_trip_to_the_connection_thread(db: Database, trips: Trips) -> None:
-    async with db.transaction() as conn:  # the pool's connection exists from here on
+    # Opening a connection does go to its thread (connect, SQLite functions); from here on both exist.
+    async with db.transaction() as conn:
         await Repository(conn).save_cursor("warm", "1", NOW)
+    async with db.read() as conn:
+        await Repository(conn).cursor("warm")
     trips.clear()
 
     async with db.transaction() as conn:
