@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -20,6 +21,7 @@ from bot.config import (
     load_settings,
     routing_summary,
 )
+from bot.lean_import import defer as defer_aiogram_models
 
 EXIT_CONFIG = 2
 
@@ -66,6 +68,8 @@ def fail(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before anything imports aiogram: its Bot API models are built as they are first used.
+    defer_aiogram_models()
     parser = argparse.ArgumentParser(prog="python -m bot", description="CivicDesk citizen reports bot")
     parser.add_argument("command", nargs="?", default="run", choices=("run", "migrate", "check-config"))
     args = parser.parse_args(argv)
@@ -108,6 +112,10 @@ async def serve(settings: Settings, routing: Routing) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
     await app.start()
+    # What start-up built (aiogram's and pydantic's models of the whole Bot API, above all) lives as long
+    # as the process; frozen, the garbage collector stops walking it at every full collection, which
+    # took about 200 ms each time under load.
+    gc.freeze()
     waiter = asyncio.create_task(app.wait())
     stopper = asyncio.create_task(stop.wait())
     try:
