@@ -42,13 +42,17 @@ class Repository:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
+    def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+        """An INSERT with this database's ON CONFLICT clauses."""
+        return (postgresql.insert if self.conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
     async def _insert_ignoring_conflict(
         self, table: sa.Table, values: dict[str, Any], index_elements: Sequence[str]
     ) -> bool:
         """Insert unless a row with the same unique key exists; True when a row was written."""
-        dialect = self.conn.dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=list(index_elements))
+        statement = (
+            self._insert(table).values(**values).on_conflict_do_nothing(index_elements=list(index_elements))
+        )
         result = await self.conn.execute(statement)
         return bool(result.rowcount)
 
@@ -494,10 +498,8 @@ class Repository:
         """Store updates by key; one stored already stays as it is."""
         if not updates:
             return
-        dialect = self.conn.dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         await self.conn.execute(
-            insert(inbox).on_conflict_do_nothing(index_elements=["platform", "key"]),
+            self._insert(inbox).on_conflict_do_nothing(index_elements=["platform", "key"]),
             [
                 {"platform": platform.value, "key": key, "payload": payload, "received_at": now}
                 for key, payload in updates
@@ -571,8 +573,7 @@ class Repository:
                 )
             )
             return
-        insert = postgresql.insert if self.conn.dialect.name == "postgresql" else sqlite.insert
-        statement = insert(conversations).values(
+        statement = self._insert(conversations).values(
             platform=platform.value, chat_id=chat_id, state=state, updated_at=now
         )
         await self.conn.execute(
