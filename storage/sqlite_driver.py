@@ -197,7 +197,14 @@ class LoopDBAPI(AsyncAdapt_aiosqlite_dbapi):
         connection = aiosqlite.connect(*arg, **kw)
         # As SQLAlchemy does: the connection's thread must not keep the process alive.
         connection._thread.daemon = True
-        adapted = LoopConnection(self, await_(connection))  # type: ignore[arg-type]
+        try:
+            opened = await_(connection)
+        except BaseException:
+            # A failed connect stops the connection's thread without waiting for it; waited for here, it
+            # does not outlive the event loop it reports to.
+            await_(asyncio.to_thread(connection._thread.join, 5.0))
+            raise
+        adapted = LoopConnection(self, opened)  # type: ignore[arg-type]
         # Commits never checkpoint on the loop; the Checkpointer does it on a thread.
         _run(adapted._connection._conn, "PRAGMA wal_autocheckpoint=0", ())
         return adapted
