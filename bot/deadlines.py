@@ -226,13 +226,18 @@ class Deadlines:
         if local.time() < at:
             return 0
         today = local.date().isoformat()
+        async with self.outbox.read() as repo:
+            if await repo.cursor("digest") == today:
+                return 0
+        # Counting goes over the whole table: outside the write turn, and off the event loop.
+        async with self.outbox.read(offload=True) as repo:
+            counts = {row.agency_id: row for row in await repo.digest_counts(now - timedelta(days=1), now)}
         async with self.outbox.unit() as u:
             if await u.repo.cursor("digest") == today:
-                return 0
+                return 0  # sent meanwhile (by another instance)
             await u.repo.save_cursor("digest", today, now)
             chat_id = self.tickets.chats.coordinators_chat
             locale = self.tickets.chat_locale(chat_id)
-            counts = {row.agency_id: row for row in await u.repo.digest_counts(now - timedelta(days=1), now)}
             lines: list[str] = [self.t.render(locale, "digest.header", date=local.strftime("%d.%m.%Y"))]
             for agency in self.routing.agencies:
                 row = counts.get(agency.id)

@@ -81,7 +81,8 @@ class HttpServer:
     async def state(self) -> DatabaseState | None:
         """What the database says now: tickets by status and the outbox backlog; None if it did not answer."""
         try:
-            async with asyncio.timeout(DATABASE_TIMEOUT), self.db.read() as conn:
+            # Off the event loop on SQLite (counting every ticket is a scan): the timeout can fire.
+            async with asyncio.timeout(DATABASE_TIMEOUT), self.db.read(offload=True) as conn:
                 repo = Repository(conn)
                 tickets = await repo.ticket_counts()
                 backlog = await repo.outbox_backlog()

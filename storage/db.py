@@ -79,12 +79,22 @@ class Database:
             self.checkpointer.wrote()
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self, *, offload: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A read-only snapshot. `offload`: reads that scan much, which on SQLite then run on the
+        connection's thread rather than on the event loop (see storage/sqlite_driver.py)."""
         async with self.engine.connect() as conn:
             if self.is_postgres:
                 # One snapshot for all the reads, as SQLite gives; a write here fails loudly.
                 await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-            yield conn
+            if not (offload and self.is_sqlite):
+                yield conn
+                return
+            adapted = (await conn.get_raw_connection()).dbapi_connection
+            adapted.offload = True  # type: ignore[union-attr]
+            try:
+                yield conn
+            finally:
+                adapted.offload = False  # type: ignore[union-attr]
 
     async def close(self) -> None:
         if self.checkpointer is not None:

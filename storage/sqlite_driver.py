@@ -15,7 +15,8 @@ So here:
   and does not sync;
 - the one slow part of committing, the checkpoint that copies the log into the database file and syncs
   it, is switched off on these connections (`wal_autocheckpoint=0`) and done off the loop by
-  `Checkpointer`, on the connection's thread.
+  `Checkpointer`, on the connection's thread;
+- reads known to scan much go to the thread too (`Database.read(offload=True)`).
 
 Server-side cursors stay SQLAlchemy's own. The aiosqlite connection is used through `_execute` and
 `_conn`, as SQLAlchemy's own adapter does.
@@ -133,7 +134,12 @@ class LoopCursor(AsyncAdapt_aiosqlite_cursor):
 
     def execute(self, operation: Any, parameters: Any = None) -> Any:
         parameters = () if parameters is None else parameters
-        run = self._waiting if operation.startswith(BEGIN_IMMEDIATE) else self._at_once
+        if operation.startswith(BEGIN_IMMEDIATE):
+            run = self._waiting
+        elif self._adapt_connection.offload:  # type: ignore[attr-defined]
+            run = self._on_thread
+        else:
+            run = self._at_once
         try:
             outcome = await_(run(_run, operation, parameters))
         except Exception as error:
@@ -154,6 +160,11 @@ class LoopCursor(AsyncAdapt_aiosqlite_cursor):
         async with self._adapt_connection._execute_mutex:
             return run(self._connection._conn, operation, parameters)
 
+    async def _on_thread(self, run: Run, operation: str, parameters: Any) -> Outcome:
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        async with self._adapt_connection._execute_mutex:
+            return await _on_thread(connection, run, operation, parameters)
+
     async def _waiting(self, run: Run, operation: str, parameters: Any) -> Outcome:
         """`BEGIN IMMEDIATE`: at once if the write lock is free, else on the connection's thread."""
         connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
@@ -169,8 +180,16 @@ class LoopCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class LoopConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    """`offload`: while set, statements run on the connection's thread: for the few reads that scan
+    much (a daily digest, the metrics' counts over every ticket), so the loop goes on meanwhile and a
+    timeout around them can fire."""
+
+    __slots__ = ("offload",)
     _cursor_cls = LoopCursor
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        self.offload = False
 
     def commit(self) -> None:
         self._on_loop("commit")
@@ -204,7 +223,7 @@ class LoopDBAPI(AsyncAdapt_aiosqlite_dbapi):
             # does not outlive the event loop it reports to.
             await_(asyncio.to_thread(connection._thread.join, 5.0))
             raise
-        adapted = LoopConnection(self, opened)  # type: ignore[arg-type]
+        adapted = LoopConnection(self, opened)
         # Commits never checkpoint on the loop; the Checkpointer does it on a thread.
         _run(adapted._connection._conn, "PRAGMA wal_autocheckpoint=0", ())
         return adapted

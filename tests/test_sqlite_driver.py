@@ -158,3 +158,22 @@ async def test_the_checkpointer_runs_after_writes_and_stops_with_the_database(da
         await Repository(conn).save_cursor("a", "b", NOW)
     await asyncio.wait_for(ran.wait(), 10)
     await db.close()
+
+
+async def test_reads_that_scan_much_run_on_the_connection_thread(db: Database, trips: Trips) -> None:
+    async with db.transaction() as conn:
+        await Repository(conn).save_cursor("poll", "42", NOW)
+    async with db.read() as conn:
+        await Repository(conn).cursor("poll")
+    trips.clear()
+
+    async with db.read(offload=True) as conn:
+        counts = await Repository(conn).ticket_counts()
+        assert await Repository(conn).cursor("poll") == "42"
+    assert counts == {}
+    assert any("tickets" in trip for trip in trips) and any("cursors" in trip for trip in trips)
+
+    trips.clear()
+    async with db.read() as conn:  # the same pooled connection, back on the loop
+        assert await Repository(conn).cursor("poll") == "42"
+    assert trips == []

@@ -108,6 +108,6 @@ class Outbox:
                 wake()
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[Repository]:
-        async with self.db.read() as conn:
+    async def read(self, *, offload: bool = False) -> AsyncIterator[Repository]:
+        async with self.db.read(offload=offload) as conn:
             yield Repository(conn)
