@@ -38,6 +38,24 @@ from storage.schema import (
 UNREACHABLE_REASONS = ("blocked", "deactivated", "chat_not_found")
 
 
+# The statements every update runs, built once and run with their values as parameters: building a
+# statement (and its cache key) costs SQLAlchemy several times what SQLite takes to run it.
+_OUTBOX_SENT = (
+    outbox.update()
+    .where(outbox.c.id == sa.bindparam("row_id"))
+    .values(status="sent", sent_at=sa.bindparam("at"), attempts=outbox.c.attempts + 1, last_error=None)
+)
+_DROP_INBOX = inbox.delete().where(inbox.c.id == sa.bindparam("row_id"))
+_CITIZEN_BY_EXTERNAL = sa.select(citizens).where(
+    citizens.c.platform == sa.bindparam("in_platform"), citizens.c.external_id == sa.bindparam("external")
+)
+_CONVERSATION = sa.select(conversations.c.state).where(
+    conversations.c.platform == sa.bindparam("in_platform"), conversations.c.chat_id == sa.bindparam("chat")
+)
+# INSERT ... ON CONFLICT, per database: (dialect, table, statement) → statement.
+_PER_DIALECT: dict[tuple[str, str, str], Any] = {}
+
+
 class Repository:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
@@ -46,14 +64,19 @@ class Repository:
         """An INSERT with this database's ON CONFLICT clauses."""
         return (postgresql.insert if self.conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
+    def _ignoring_conflict(self, table: sa.Table, index_elements: Sequence[str]) -> Any:
+        """INSERT INTO table ... ON CONFLICT (index_elements) DO NOTHING, built once per database."""
+        key = (self.conn.dialect.name, table.name, "ignore:" + ",".join(index_elements))
+        if (statement := _PER_DIALECT.get(key)) is None:
+            statement = self._insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
+            _PER_DIALECT[key] = statement
+        return statement
+
     async def _insert_ignoring_conflict(
         self, table: sa.Table, values: dict[str, Any], index_elements: Sequence[str]
     ) -> bool:
         """Insert unless a row with the same unique key exists; True when a row was written."""
-        statement = (
-            self._insert(table).values(**values).on_conflict_do_nothing(index_elements=list(index_elements))
-        )
-        result = await self.conn.execute(statement)
+        result = await self.conn.execute(self._ignoring_conflict(table, index_elements), values)
         return bool(result.rowcount)
 
     # citizens
@@ -61,9 +84,7 @@ class Repository:
     async def citizen_by_external(self, platform: Platform, external_id: int) -> Citizen | None:
         row = (
             await self.conn.execute(
-                sa.select(citizens).where(
-                    citizens.c.platform == platform.value, citizens.c.external_id == external_id
-                )
+                _CITIZEN_BY_EXTERNAL, {"in_platform": platform.value, "external": external_id}
             )
         ).first()
         return _citizen(row) if row else None
@@ -416,11 +437,7 @@ class Repository:
         )
 
     async def outbox_sent(self, row_id: int, now: datetime) -> None:
-        await self.conn.execute(
-            outbox.update()
-            .where(outbox.c.id == row_id)
-            .values(status="sent", sent_at=now, attempts=outbox.c.attempts + 1, last_error=None)
-        )
+        await self.conn.execute(_OUTBOX_SENT, {"row_id": row_id, "at": now})
 
     async def outbox_retry(self, row_id: int, at: datetime, error: str, *, count: bool = True) -> None:
         """Put a message off until `at`; a wait the platform asked for is not counted as a failed try."""
@@ -499,7 +516,7 @@ class Repository:
         if not updates:
             return
         await self.conn.execute(
-            self._insert(inbox).on_conflict_do_nothing(index_elements=["platform", "key"]),
+            self._ignoring_conflict(inbox, ["platform", "key"]),
             [
                 {"platform": platform.value, "key": key, "payload": payload, "received_at": now}
                 for key, payload in updates
@@ -534,7 +551,7 @@ class Repository:
         return dict(value) if value is not None else None
 
     async def drop_inbox(self, item_id: int) -> None:
-        await self.conn.execute(inbox.delete().where(inbox.c.id == item_id))
+        await self.conn.execute(_DROP_INBOX, {"row_id": item_id})
 
     async def cursor(self, name: str) -> str | None:
         value = await self.conn.scalar(sa.select(cursors.c.value).where(cursors.c.name == name))
@@ -556,11 +573,7 @@ class Repository:
         await self.conn.execute(cursors.insert().values(name=name, value=value, updated_at=now))
 
     async def conversation(self, platform: Platform, chat_id: int) -> dict[str, Any] | None:
-        value = await self.conn.scalar(
-            sa.select(conversations.c.state).where(
-                conversations.c.platform == platform.value, conversations.c.chat_id == chat_id
-            )
-        )
+        value = await self.conn.scalar(_CONVERSATION, {"in_platform": platform.value, "chat": chat_id})
         return dict(value) if value is not None else None
 
     async def save_conversation(
@@ -573,14 +586,16 @@ class Repository:
                 )
             )
             return
-        statement = self._insert(conversations).values(
-            platform=platform.value, chat_id=chat_id, state=state, updated_at=now
-        )
-        await self.conn.execute(
-            statement.on_conflict_do_update(
+        key = (self.conn.dialect.name, conversations.name, "upsert")
+        if (upsert := _PER_DIALECT.get(key)) is None:
+            insert = self._insert(conversations)
+            upsert = insert.on_conflict_do_update(
                 index_elements=["platform", "chat_id"],
-                set_={"state": statement.excluded.state, "updated_at": statement.excluded.updated_at},
+                set_={"state": insert.excluded.state, "updated_at": insert.excluded.updated_at},
             )
+            _PER_DIALECT[key] = upsert
+        await self.conn.execute(
+            upsert, {"platform": platform.value, "chat_id": chat_id, "state": state, "updated_at": now}
         )
 
     # health and metrics
