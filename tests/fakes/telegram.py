@@ -15,13 +15,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
+from .base import FakeServer
 from .html_check import HtmlParseError, checked_link, format_text, utf16_len
 
 __all__ = ["FakeStats", "FakeTelegram", "TelegramError"]
@@ -295,7 +295,7 @@ def _update_kind(update: JSON) -> str:
     return next(key for key in update if key != "update_id")
 
 
-class FakeTelegram:
+class FakeTelegram(FakeServer):
     """The fake Bot API server. Simulated people act through the async helpers (send_text, press...),
     the bot under test talks HTTP, and tests read what happened (messages, requests, stats)."""
 
@@ -313,8 +313,7 @@ class FakeTelegram:
         self.bot_id = bot_id if bot_id is not None else int(token.split(":", 1)[0])
         self.bot_username = bot_username
         self.bot_first_name = bot_first_name
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
 
         self.users: dict[int, JSON] = {}
         self.chats: dict[int, JSON] = {}
@@ -335,7 +334,6 @@ class FakeTelegram:
         self.webhook_posts: list[JSON] = []
         self.webhook_retry_delay = 0.05
         self._webhook_error: tuple[int, str] | None = None
-        self._webhook_task: asyncio.Task[None] | None = None
         self.stats = FakeStats()
         self.enforce_limits = False
         # Telegram shows an unknown "&name;" literally; refusing it catches escaping bugs early.
@@ -370,62 +368,16 @@ class FakeTelegram:
         self._all_sends: deque[float] = deque()
         self._serial = 0
 
-        self._cond = asyncio.Condition()
-        self._notify_tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
-        self._runner: web.AppRunner | None = None
-        self._site_port: int | None = None
         self._handlers: dict[str, Callable[[JSON, dict[str, _Upload]], Awaitable[Any]]] = {
             name: getattr(self, "_api_" + re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()) for name in METHODS
         }
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application(client_max_size=60 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/bot{token}/{method}", self._on_api)
         app.router.add_get("/file/bot{token}/{path:.+}", self._on_file)
         app.router.add_route("*", "/{tail:.*}", self._on_unknown)
-        # Cancelling handlers on disconnect lets an abandoned long poll stop counting as "in flight".
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self._site_port = int(self._runner.addresses[0][1])
-        self._closing = False
-        self._webhook_task = asyncio.create_task(self._webhook_loop())
-
-    async def stop(self) -> None:
-        self._closing = True
-        await self._notify()
-        if self._webhook_task is not None:
-            self._webhook_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._webhook_task
-            self._webhook_task = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        await asyncio.gather(*self._notify_tasks, return_exceptions=True)
-        self._notify_tasks.clear()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def base_url(self) -> str:
-        if self._site_port is None:
-            raise RuntimeError("FakeTelegram is not started")
-        return f"http://{self.host}:{self._site_port}"
 
     # --- switches tests flip ---------------------------------------------------------------------------
 
@@ -866,17 +818,6 @@ class FakeTelegram:
             ) from None
         return found[0]
 
-    async def wait_until(
-        self,
-        condition: Callable[[], bool],
-        timeout: float = 5.0,
-    ) -> None:
-        try:
-            async with self._cond:
-                await asyncio.wait_for(self._cond.wait_for(condition), timeout)
-        except TimeoutError:
-            raise AssertionError(f"condition not met within {timeout}s") from None
-
     @staticmethod
     def button_data(message: JSON) -> list[str]:
         rows = (message.get("reply_markup") or {}).get("inline_keyboard") or []
@@ -989,20 +930,6 @@ class FakeTelegram:
                 self._failures.remove(failure)
             return TelegramError(failure.code, failure.description, failure.parameters)
         return None
-
-    def _signal(self) -> None:
-        """Wake every waiter; callable from sync code, so the notify runs as a task."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        task = loop.create_task(self._notify())
-        self._notify_tasks.add(task)
-        task.add_done_callback(self._notify_tasks.discard)
-
-    async def _notify(self) -> None:
-        async with self._cond:
-            self._cond.notify_all()
 
     # --- state helpers ------------------------------------------------------------------------------
 
@@ -1521,7 +1448,7 @@ class FakeTelegram:
             raise _bad("bad webhook: secret token contains unallowed characters")
         if _truthy(params.get("drop_pending_updates")):
             self._pending.clear()
-        # Pending updates then go to the webhook, one at a time, oldest first (see _webhook_loop).
+        # Pending updates then go to the webhook, one at a time, oldest first (see _push_loop).
         self.webhook = {key: value for key, value in params.items() if key != "certificate"}
         self._webhook_error = None
         if isinstance(params.get("allowed_updates"), list):
@@ -1554,7 +1481,7 @@ class FakeTelegram:
         batch = self._deliverable(1)
         return batch[0] if batch else None
 
-    async def _webhook_loop(self) -> None:
+    async def _push_loop(self) -> None:
         """Telegram's side of a webhook: the oldest pending update is POSTed until it is answered 200,
         then the next; a failed call is tried again after a pause that grows, as Telegram does."""
         delay = 0.0

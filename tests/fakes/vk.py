@@ -16,11 +16,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from .base import FakeServer
 
 __all__ = ["FakeStats", "FakeVK", "VKError"]
 
@@ -212,7 +213,7 @@ def _payload_dict(payload: Any) -> JSON | None:
     return payload if isinstance(payload, dict) else None
 
 
-class FakeVK:
+class FakeVK(FakeServer):
     """The fake VK API for one community. Simulated people act through the async helpers (send_text,
     press...), the bot under test talks HTTP, and tests read what happened (messages, calls, stats)."""
 
@@ -230,8 +231,7 @@ class FakeVK:
         self.group_id = group_id
         self.group_name = group_name
         self.history = history
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
 
         self.users: dict[int, JSON] = {}
         self.requests: list[tuple[str, JSON]] = []
@@ -266,7 +266,6 @@ class FakeVK:
         self.callback_posts: list[JSON] = []
         self.callback_retry_delay = 0.05
         self._callback_queue: deque[JSON] = deque()
-        self._callback_task: asyncio.Task[None] | None = None
         self._next_ts = 1
         self._keys: set[str] = set()
 
@@ -275,11 +274,6 @@ class FakeVK:
         self._html: Counter[str] = Counter()
         self._recent_calls: deque[float] = deque()
 
-        self._cond = asyncio.Condition()
-        self._notify_tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
-        self._runner: web.AppRunner | None = None
-        self._site_port: int | None = None
         self._handlers: dict[str, Callable[[JSON], Any]] = {
             name: getattr(self, "_api_" + re.sub(r"(?<!^)(?=[A-Z])", "_", name.replace(".", "_")).lower())
             for name in METHODS
@@ -287,52 +281,11 @@ class FakeVK:
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application(client_max_size=60 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/method/{method}", self._on_method)
         app.router.add_route("*", "/lp", self._on_long_poll)
         app.router.add_post("/upload/photo", self._on_upload)
         app.router.add_get("/photos/{name}", self._on_photo)
-        # Cancelling handlers on disconnect lets an abandoned long poll go away with its client.
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self._site_port = int(self._runner.addresses[0][1])
-        self._closing = False
-        self._callback_task = asyncio.create_task(self._callback_loop())
-
-    async def stop(self) -> None:
-        self._closing = True
-        await self._notify()
-        if self._callback_task is not None:
-            self._callback_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._callback_task
-            self._callback_task = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        await asyncio.gather(*self._notify_tasks, return_exceptions=True)
-        self._notify_tasks.clear()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def base_url(self) -> str:
-        if self._site_port is None:
-            raise RuntimeError("FakeVK is not started")
-        return f"http://{self.host}:{self._site_port}"
 
     @property
     def api_url(self) -> str:
@@ -620,13 +573,6 @@ class FakeVK:
             ) from None
         return found[0]
 
-    async def wait_until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        try:
-            async with self._cond:
-                await asyncio.wait_for(self._cond.wait_for(condition), timeout)
-        except TimeoutError:
-            raise AssertionError(f"condition not met within {timeout}s") from None
-
     @classmethod
     def button_payloads(cls, message: JSON) -> list[JSON]:
         """Payloads of the keyboard buttons, row by row, parsed; buttons without one are left out."""
@@ -817,20 +763,6 @@ class FakeVK:
         body = self._photo_bytes.get(photo_id) or _jpeg(f"photo {photo_id} {size}")
         return web.Response(body=body, content_type="image/jpeg")
 
-    def _signal(self) -> None:
-        """Wake every waiter; callable from sync code, so the notify runs as a task."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        task = loop.create_task(self._notify())
-        self._notify_tasks.add(task)
-        task.add_done_callback(self._notify_tasks.discard)
-
-    async def _notify(self) -> None:
-        async with self._cond:
-            self._cond.notify_all()
-
     # --- state helpers ------------------------------------------------------------------------------
 
     def _serial_number(self) -> int:
@@ -862,7 +794,7 @@ class FakeVK:
         self.events.append(event)
         self._signal()
 
-    async def _callback_loop(self) -> None:
+    async def _push_loop(self) -> None:
         """VK's side of the Callback API: events go one at a time, oldest first, each until "ok"."""
         delay = 0.0
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
