@@ -28,6 +28,8 @@ from storage.repository import Repository
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
+# Stored updates read back per query when the inbox is replayed.
+REPLAY_CHUNK = 500
 
 
 class Intake:
@@ -79,11 +81,14 @@ class Intake:
             return 0
         async with self.db.transaction() as conn:
             ids = await self._unhandled(Repository(conn), {key: item_id for item_id, key in items})
-        for key, item_id in ids.items():
+        left = list(ids.items())
+        for start in range(0, len(left), REPLAY_CHUNK):
+            chunk = left[start : start + REPLAY_CHUNK]
             async with self.db.read() as conn:
-                payload = await Repository(conn).inbox_payload(item_id)
-            if payload is not None:
-                self._spawn(item_id, key, payload)
+                payloads = await Repository(conn).inbox_payloads([item_id for _, item_id in chunk])
+            for key, item_id in chunk:
+                if item_id in payloads:  # gone meanwhile: handled by whoever took it
+                    self._spawn(item_id, key, payloads[item_id])
         if ids:
             # At start-up: what the last run left; later (the sweep): what another instance left.
             log.info("%s: handling %d updates stored but not handled", self.platform.value, len(ids))

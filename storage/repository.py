@@ -546,9 +546,10 @@ class Repository:
         )
         return {r.key: r.id for r in rows}
 
-    async def inbox_payload(self, item_id: int) -> dict[str, Any] | None:
-        value = await self.conn.scalar(sa.select(inbox.c.payload).where(inbox.c.id == item_id))
-        return dict(value) if value is not None else None
+    async def inbox_payloads(self, item_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The stored updates of these inbox rows (those still there), by row id."""
+        rows = await self.conn.execute(sa.select(inbox.c.id, inbox.c.payload).where(inbox.c.id.in_(item_ids)))
+        return {int(row.id): dict(row.payload) for row in rows}
 
     async def drop_inbox(self, item_id: int) -> None:
         await self.conn.execute(_DROP_INBOX, {"row_id": item_id})
