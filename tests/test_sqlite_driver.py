@@ -58,13 +58,18 @@ def path_of(url: str) -> str:
     return database
 
 
-async def test_reads_and_writes_make_no_trip_to_the_connection_thread(db: Database, trips: Trips) -> None:
-    # Opening a connection does go to its thread (connect, SQLite functions); from here on both exist.
+async def open_connections(db: Database, trips: Trips) -> None:
+    """Open the writer's connection and a reader's, and forget their trips: opening one does go to its
+    thread (connect, SQLite functions)."""
     async with db.transaction() as conn:
-        await Repository(conn).save_cursor("warm", "1", NOW)
+        await Repository(conn).save_cursor("poll", "42", NOW)
     async with db.read() as conn:
-        await Repository(conn).cursor("warm")
+        await Repository(conn).cursor("poll")
     trips.clear()
+
+
+async def test_reads_and_writes_make_no_trip_to_the_connection_thread(db: Database, trips: Trips) -> None:
+    await open_connections(db, trips)
 
     async with db.transaction() as conn:
         repo = Repository(conn)
@@ -161,11 +166,7 @@ async def test_the_checkpointer_runs_after_writes_and_stops_with_the_database(da
 
 
 async def test_reads_that_scan_much_run_on_the_connection_thread(db: Database, trips: Trips) -> None:
-    async with db.transaction() as conn:
-        await Repository(conn).save_cursor("poll", "42", NOW)
-    async with db.read() as conn:
-        await Repository(conn).cursor("poll")
-    trips.clear()
+    await open_connections(db, trips)
 
     async with db.read(offload=True) as conn:
         counts = await Repository(conn).ticket_counts()
