@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -52,8 +52,8 @@ _CITIZEN_BY_EXTERNAL = sa.select(citizens).where(
 _CONVERSATION = sa.select(conversations.c.state).where(
     conversations.c.platform == sa.bindparam("in_platform"), conversations.c.chat_id == sa.bindparam("chat")
 )
-# INSERT ... ON CONFLICT, per database: (dialect, table, statement) → statement.
-_PER_DIALECT: dict[tuple[str, str, str], Any] = {}
+# Those whose SQL depends on the database (INSERT ... ON CONFLICT): (dialect, name) → statement.
+_PER_DIALECT: dict[tuple[str, str], Any] = {}
 
 
 class Repository:
@@ -64,13 +64,19 @@ class Repository:
         """An INSERT with this database's ON CONFLICT clauses."""
         return (postgresql.insert if self.conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
-    def _ignoring_conflict(self, table: sa.Table, index_elements: Sequence[str]) -> Any:
-        """INSERT INTO table ... ON CONFLICT (index_elements) DO NOTHING, built once per database."""
-        key = (self.conn.dialect.name, table.name, "ignore:" + ",".join(index_elements))
+    def _per_dialect(self, name: str, build: Callable[[], Any]) -> Any:
+        """The statement called `name` for this database, built the first time it is asked for."""
+        key = (self.conn.dialect.name, name)
         if (statement := _PER_DIALECT.get(key)) is None:
-            statement = self._insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
-            _PER_DIALECT[key] = statement
+            statement = _PER_DIALECT[key] = build()
         return statement
+
+    def _ignoring_conflict(self, table: sa.Table, index_elements: Sequence[str]) -> Any:
+        """INSERT INTO table ... ON CONFLICT (index_elements) DO NOTHING."""
+        return self._per_dialect(
+            f"{table.name}: ignore conflict on {','.join(index_elements)}",
+            lambda: self._insert(table).on_conflict_do_nothing(index_elements=list(index_elements)),
+        )
 
     async def _insert_ignoring_conflict(
         self, table: sa.Table, values: dict[str, Any], index_elements: Sequence[str]
@@ -493,9 +499,6 @@ class Repository:
             ["platform", "key"],
         )
 
-    async def was_processed(self, platform: Platform, key: str) -> bool:
-        return bool(await self.processed_among(platform, [key]))
-
     async def processed_among(self, platform: Platform, keys: Sequence[str]) -> set[str]:
         """Which of these updates were handled already."""
         found: set[str] = set()
@@ -587,16 +590,17 @@ class Repository:
                 )
             )
             return
-        key = (self.conn.dialect.name, conversations.name, "upsert")
-        if (upsert := _PER_DIALECT.get(key)) is None:
+
+        def build() -> Any:
             insert = self._insert(conversations)
-            upsert = insert.on_conflict_do_update(
+            return insert.on_conflict_do_update(
                 index_elements=["platform", "chat_id"],
                 set_={"state": insert.excluded.state, "updated_at": insert.excluded.updated_at},
             )
-            _PER_DIALECT[key] = upsert
+
         await self.conn.execute(
-            upsert, {"platform": platform.value, "chat_id": chat_id, "state": state, "updated_at": now}
+            self._per_dialect("conversations: upsert", build),
+            {"platform": platform.value, "chat_id": chat_id, "state": state, "updated_at": now},
         )
 
     # health and metrics

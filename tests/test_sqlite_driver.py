@@ -77,7 +77,7 @@ async def test_reads_and_writes_make_no_trip_to_the_connection_thread(db: Databa
         await repo.save_cursor("poll", "42", NOW)
     async with db.read() as conn:
         repo = Repository(conn)
-        assert await repo.was_processed(Platform.telegram, "u1")
+        assert await repo.processed_among(Platform.telegram, ["u1", "u2"]) == {"u1"}
         assert await repo.cursor("poll") == "42"
 
     assert trips == []
