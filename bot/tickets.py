@@ -329,7 +329,8 @@ class TicketService:
                     ),
                     dedupe_key=f"{key}:back:{u.now.isoformat()}",
                 )
-            u.queued += resent  # wakes the worker for the requeued rows
+            if resent:
+                u.queued.add((STAFF_PLATFORM, chat_id))  # wakes the worker for the requeued rows
         log.info("staff chat %s is reachable again; %s messages requeued", chat_id, resent)
 
     def _chat_name(self, chat_id: int) -> str:

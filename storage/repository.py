@@ -388,22 +388,39 @@ class Repository:
             return True
         return await self._insert_ignoring_conflict(outbox, values, ["dedupe_key"])
 
-    async def pending_outbox(
+    async def due_outbox_chats(
         self,
         limit: int,
         platforms: Sequence[Platform],
+        now: datetime,
         *,
         instance: str | None = None,
-        now: datetime | None = None,
-    ) -> list[sa.Row[Any]]:
-        """Pending rows, oldest first; with `instance`, leaving out rows another instance has claimed."""
-        query = sa.select(outbox).where(
-            outbox.c.status == "pending", outbox.c.platform.in_([p.value for p in platforms])
-        )
+    ) -> list[tuple[Platform, int]]:
+        """The chats whose first pending row is due, the one waiting longest first; with `instance`,
+        leaving out rows another instance has claimed."""
+        pending = [outbox.c.status == "pending", outbox.c.platform.in_([p.value for p in platforms])]
         if instance is not None:
-            assert now is not None
-            query = query.where(_claimable(instance, now))
-        rows = await self.conn.execute(query.order_by(outbox.c.id).limit(limit))
+            pending.append(_claimable(instance, now))
+        first = (
+            sa.select(outbox.c.platform, outbox.c.chat_id, sa.func.min(outbox.c.id).label("first_id"))
+            .where(*pending)
+            .group_by(outbox.c.platform, outbox.c.chat_id)
+            .subquery()
+        )
+        rows = await self.conn.execute(
+            sa.select(first.c.platform, first.c.chat_id)
+            .join(outbox, outbox.c.id == first.c.first_id)
+            .where(outbox.c.next_attempt_at <= now)
+            .order_by(first.c.first_id)
+            .limit(limit)
+        )
+        return [(Platform(platform), int(chat_id)) for platform, chat_id in rows]
+
+    async def chat_outbox(self, platform: Platform, chat_id: int, limit: int) -> list[sa.Row[Any]]:
+        """A chat's pending rows, oldest first."""
+        rows = await self.conn.execute(
+            sa.select(outbox).where(*_pending_in(platform, chat_id)).order_by(outbox.c.id).limit(limit)
+        )
         return list(rows)
 
     async def claim_outbox_chat(
@@ -412,19 +429,14 @@ class Repository:
         """Claim a chat's pending rows for `instance` until `until`, and return them oldest first; None
         when another instance holds the chat. Run inside a write transaction, which writers take in
         turn, so two instances never both win one chat."""
-        chat = (
-            outbox.c.platform == platform.value,
-            outbox.c.chat_id == chat_id,
-            outbox.c.status == "pending",
-        )
+        chat = _pending_in(platform, chat_id)
         held = await self.conn.scalar(
             sa.select(sa.literal(1)).where(*chat, sa.not_(_claimable(instance, now))).limit(1)
         )
         if held is not None:
             return None
         await self.conn.execute(outbox.update().where(*chat).values(claimed_by=instance, claimed_until=until))
-        rows = await self.conn.execute(sa.select(outbox).where(*chat).order_by(outbox.c.id).limit(limit))
-        return list(rows)
+        return await self.chat_outbox(platform, chat_id, limit)
 
     async def outbox_claimants(self) -> list[str]:
         """The instances holding claims on pending rows (live or lapsed)."""
@@ -620,6 +632,10 @@ class Repository:
             .group_by(outbox.c.platform)
         )
         return {str(platform): (int(count), oldest) for platform, count, oldest in rows}
+
+
+def _pending_in(platform: Platform, chat_id: int) -> tuple[sa.ColumnElement[bool], ...]:
+    return outbox.c.platform == platform.value, outbox.c.chat_id == chat_id, outbox.c.status == "pending"
 
 
 def _claimable(instance: str, now: datetime) -> sa.ColumnElement[bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -76,6 +77,80 @@ async def test_messages_to_one_chat_go_in_order(db: Database, clock: ManualClock
     await queue(outbox, 1, Outgoing("c"))
     assert await worker.deliver_due() == 4
     assert [text for chat, text, _ in messenger.sent if chat == 1] == ["a", "b", "c"]
+
+
+class GatedMessenger(RecordingMessenger):
+    """Sends to one chat only as the test lets them through; tells of every message sent."""
+
+    def __init__(self, gated_chat: int) -> None:
+        super().__init__()
+        self.gated_chat = gated_chat
+        self.gate = asyncio.Semaphore(0)
+        self.went: asyncio.Queue[str] = asyncio.Queue()
+        self.held: asyncio.Queue[str] = asyncio.Queue()
+
+    async def send(
+        self, chat_id: int, message: Outgoing, reply_to: int | None, nonce: int, progress: Progress
+    ) -> list[int]:
+        if chat_id == self.gated_chat:
+            self.held.put_nowait(message.text)
+            await self.gate.acquire()
+        ids = await super().send(chat_id, message, reply_to, nonce, progress)
+        self.went.put_nowait(message.text)
+        return ids
+
+    def let_through(self, count: int) -> None:
+        for _ in range(count):
+            self.gate.release()
+
+    async def next_sent(self) -> str:
+        return await asyncio.wait_for(self.went.get(), 5)
+
+    async def next_held(self) -> str:
+        return await asyncio.wait_for(self.held.get(), 5)
+
+
+async def test_a_chat_stuck_on_a_slow_send_holds_up_no_other_chat(db: Database, clock: ManualClock) -> None:
+    messenger = GatedMessenger(gated_chat=-100)
+    # The poll never comes during the test: only being woken moves the worker.
+    worker = DeliveryWorker(db, {Platform.telegram: messenger}, clock, poll_seconds=3600)
+    outbox = Outbox(db, clock)
+    outbox.subscribe(worker.wake)
+    await queue(outbox, -100, Outgoing("card 1"), Outgoing("card 2"))
+    running = asyncio.create_task(worker.run())
+    try:
+        assert await messenger.next_held() == "card 1"
+        await queue(outbox, 5, Outgoing("answer to a citizen"))
+        assert await messenger.next_sent() == "answer to a citizen"
+        await queue(outbox, 6, Outgoing("another answer"))
+        assert await messenger.next_sent() == "another answer"
+        messenger.let_through(2)
+        assert [await messenger.next_sent(), await messenger.next_sent()] == ["card 1", "card 2"]
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 5)
+
+
+async def test_a_message_queued_while_its_chat_is_sending_goes_right_after(
+    db: Database, clock: ManualClock
+) -> None:
+    messenger = GatedMessenger(gated_chat=-100)
+    worker = DeliveryWorker(db, {Platform.telegram: messenger}, clock, poll_seconds=3600)
+    outbox = Outbox(db, clock)
+    outbox.subscribe(worker.wake)
+    await queue(outbox, -100, Outgoing("card 1"))
+    running = asyncio.create_task(worker.run())
+    try:
+        # The chat's lane read its messages and waits on the first when the second is queued.
+        assert await messenger.next_held() == "card 1"
+        await queue(outbox, -100, Outgoing("card 2"))
+        await queue(outbox, 5, Outgoing("answer"))
+        assert await messenger.next_sent() == "answer"
+        messenger.let_through(2)
+        assert [await messenger.next_sent(), await messenger.next_sent()] == ["card 1", "card 2"]
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 5)
 
 
 async def test_retry_after_holds_back_only_that_chat_and_exactly_as_long_as_asked(

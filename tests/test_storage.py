@@ -71,7 +71,47 @@ async def test_outbox_dedupe_key_queues_a_message_once(db: Database) -> None:
                 ticket_id=None,
                 now=now,
             )
-        assert len(await repo.pending_outbox(10, [Platform.telegram])) == 1
+        assert len(await repo.chat_outbox(Platform.telegram, 1, 10)) == 1
+
+
+async def test_due_chats_are_those_whose_first_pending_message_is_due_longest_waiting_first(
+    db: Database,
+) -> None:
+    now = datetime.now(UTC)
+    vk, tg = Platform.vk, Platform.telegram
+    async with db.transaction() as conn:
+        repo = Repository(conn)
+
+        async def put(platform: Platform, chat_id: int) -> int:
+            await repo.enqueue(
+                platform=platform,
+                chat_id=chat_id,
+                kind="send",
+                payload={},
+                dedupe_key=None,
+                ticket_id=None,
+                now=now,
+            )
+            [row] = (await repo.chat_outbox(platform, chat_id, 100))[-1:]
+            return int(row.id)
+
+        first_of_chat_3 = await put(tg, 3)  # then put off: the chat waits for it
+        await put(tg, 1)
+        sent = await put(tg, 2)
+        await put(tg, 3)
+        await put(vk, 1)  # the same id on the other platform is another chat
+        await put(tg, 2)
+        await put(tg, 1)
+        await repo.outbox_retry(first_of_chat_3, now + timedelta(seconds=5), "502")
+        await repo.outbox_sent(sent, now)
+
+    async with db.read() as conn:
+        repo = Repository(conn)
+        assert await repo.due_outbox_chats(10, [tg, vk], now) == [(tg, 1), (vk, 1), (tg, 2)]
+        assert await repo.due_outbox_chats(2, [tg], now) == [(tg, 1), (tg, 2)]
+        later = now + timedelta(seconds=5)
+        assert await repo.due_outbox_chats(10, [tg], later) == [(tg, 3), (tg, 1), (tg, 2)]
+        assert [len(await repo.chat_outbox(tg, chat, 100)) for chat in (1, 2, 3)] == [2, 1, 2]
 
 
 async def test_telegram_ids_beyond_32_bits_round_trip(db: Database) -> None:
@@ -110,5 +150,6 @@ async def test_telegram_ids_beyond_32_bits_round_trip(db: Database) -> None:
         assert await repo.linked_ticket(Platform.telegram, group, message) == (ticket.id, "card")
         assert await repo.latest_linked_message(ticket.id, Platform.telegram, group, "card") == message
         assert await repo.conversation(Platform.telegram, user) == {"step": "x"}
-        [row] = await repo.pending_outbox(10, [Platform.telegram])
-        assert row.chat_id == group - 1
+        assert await repo.due_outbox_chats(10, [Platform.telegram], now) == [(Platform.telegram, group - 1)]
+        [row] = await repo.chat_outbox(Platform.telegram, group - 1, 10)
+        assert row.ticket_id == ticket.id

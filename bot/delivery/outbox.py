@@ -49,7 +49,8 @@ class AlreadyHandled(Exception):
 class Unit:
     repo: Repository
     now: datetime
-    queued: int = 0
+    # The chats messages were queued for.
+    queued: set[tuple[Platform, int]] = field(default_factory=set)
     # Messages asked for, new or not: a replay's are ignored as already queued, yet its change must still
     # be checked against the update's "handled" mark.
     asked: int = 0
@@ -76,16 +77,17 @@ class Unit:
             ticket_id=ticket_id,
             now=self.now,
         ):
-            self.queued += 1
+            self.queued.add((platform, chat_id))
 
 
 class Outbox:
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[set[tuple[Platform, int]]], None]] = []
 
-    def subscribe(self, wake: Callable[[], None]) -> None:
+    def subscribe(self, wake: Callable[[set[tuple[Platform, int]]], None]) -> None:
+        """`wake` is told, after each commit that queued messages, the chats they were queued for."""
         self._listeners.append(wake)
 
     @asynccontextmanager
@@ -105,7 +107,7 @@ class Outbox:
                 origin.recorded = True
         if unit.queued:
             for wake in self._listeners:
-                wake()
+                wake(unit.queued)
 
     @asynccontextmanager
     async def read(self, *, offload: bool = False) -> AsyncIterator[Repository]:

@@ -1,15 +1,18 @@
-"""The outbox worker: sends queued messages in order per chat, retrying what can be retried."""
+"""The outbox worker: sends queued messages in order per chat, retrying what can be retried.
+
+Each chat with messages due gets a lane, a task that sends them one after another; lanes run side by
+side, so a busy agency group never holds up the answers to citizens, nor one slow chat the others.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -33,6 +36,9 @@ from .base import (
 from .limits import Permit, RateLimiter, Rates, cost
 
 log = logging.getLogger(__name__)
+
+# A chat, as its messages are kept: the platform and the chat's id there.
+Chat = tuple[Platform, int]
 
 # The shortest sleep while the limiter holds a chat back: a window that is a hair from opening should
 # not make the worker spin.
@@ -82,7 +88,7 @@ class DeliveryWorker:
             ),
             monotonic,
         )
-        # Seconds until the limiter lets the earliest held-back chat go, as found by the last round.
+        # Seconds until the limiter lets the earliest held-back chat go, as found by `deliver_due`.
         self.limiter_wait: float | None = None
         self.db = db
         self.messengers = dict(messengers)
@@ -91,11 +97,29 @@ class DeliveryWorker:
         self.poll_seconds = poll_seconds
         self.batch = batch
         self._wakeup = asyncio.Event()
+        # What the next wake-up looks at: the chats messages were just queued for, or (True) every chat,
+        # through the database: after a pause, at start, when another instance may have queued some.
+        self._hinted: set[Chat] = set()
+        self._everywhere = True
         self._stopping = False
+        # Sends under way at once, over all chats.
         self._slots = asyncio.Semaphore(concurrency)
+        # The chats being delivered, each by one task (its lane) that sends its messages in order.
+        self._lanes: dict[Chat, asyncio.Task[int]] = {}
+        # Chats found due while their lane was going, and whether the last look through the database
+        # may have left some out: when a lane ends, those are looked at again.
+        self._missed: set[Chat] = set()
+        self._more = False
+        # Wakes the worker when the limiter lets a held-back chat go.
+        self._timer: asyncio.TimerHandle | None = None
         self.commits = GroupCommit(db)
 
-    def wake(self) -> None:
+    def wake(self, chats: Iterable[Chat] | None = None) -> None:
+        """Look for due messages: in `chats` (just queued there), or else in every chat."""
+        if chats is None:
+            self._everywhere = True
+        else:
+            self._hinted.update(chats)
         self._wakeup.set()
 
     def _count(self, kind: str, reason: str = "") -> None:
@@ -105,6 +129,9 @@ class DeliveryWorker:
     def stop(self) -> None:
         self._stopping = True
         self._wakeup.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def run(self) -> None:
         try:
@@ -115,76 +142,115 @@ class DeliveryWorker:
             )
         while not self._stopping:
             self._wakeup.clear()
+            hinted, self._hinted = self._hinted, set()
             try:
-                await self.deliver_due()
+                if self._everywhere:
+                    self._everywhere = False
+                    await self._start_lanes()
+                else:
+                    self._start(hinted)
             except Exception:
-                log.exception("outbox round failed; trying again shortly")
+                self._everywhere = True
+                log.exception("looking for due outbox messages failed; trying again shortly")
             if self._stopping:
                 break
-            timeout = self.poll_seconds
-            if self.limiter_wait is not None:
-                timeout = min(timeout, max(self.limiter_wait, MIN_LIMIT_WAIT))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
+            except TimeoutError:
+                self._everywhere = True
+        # A send under way is recorded before the claims go, or the next start would send it again.
+        await asyncio.gather(*self._lanes.values())
         try:
             await self.release()
         except Exception:
             log.warning("outbox claims not released; they lapse by themselves", exc_info=True)
 
     async def deliver_due(self) -> int:
-        """One round: each chat's pending messages in order, chats side by side; returns how many went."""
+        """Deliver every chat that has a message due until it has nothing due or must wait, chats side
+        by side; returns how many messages went. `run` does the same without waiting for the slowest."""
         self.limiter_wait = None
+        return sum(await asyncio.gather(*await self._start_lanes()))
+
+    async def _start_lanes(self) -> list[asyncio.Task[int]]:
+        """Start a lane for each chat with a message due that has none going, up to `batch` of them;
+        returns those started."""
+        # The chats with a lane may come first: room is left for as many that have none.
+        limit = self.batch + len(self._lanes)
         async with self.db.read() as conn:
-            # Only channels that are on: messages for a channel that is off wait for it, in order.
-            rows = await Repository(conn).pending_outbox(
-                self.batch, platforms=list(self.messengers), instance=self.instance, now=self.clock.now()
+            due = await Repository(conn).due_outbox_chats(
+                limit,
+                list(self.messengers),  # a channel that is off keeps its messages, in order, for later
+                self.clock.now(),
+                instance=self.instance,
             )
-        by_chat: dict[tuple[str, int], list[Any]] = {}
-        for row in rows:
-            by_chat.setdefault((row.platform, row.chat_id), []).append(row)
-        # Every chat's run is awaited to its end even when another fails: a run left going into the next
-        # round would send that round's copy of the same rows a second time.
-        results = await asyncio.gather(
-            *(self._deliver_chat(chat_rows) for chat_rows in by_chat.values()), return_exceptions=True
-        )
+        # Perhaps more: looked for again as soon as a lane ends.
+        self._more = len(due) == limit
+        return self._start(due)
+
+    def _start(self, chats: Iterable[Chat]) -> list[asyncio.Task[int]]:
+        started = []
+        for chat in chats:
+            if chat in self._lanes:
+                self._missed.add(chat)
+            elif chat[0] in self.messengers:
+                lane = asyncio.create_task(self._lane(chat))
+                self._lanes[chat] = lane
+                started.append(lane)
+        return started
+
+    async def _lane(self, chat: Chat) -> int:
+        """A chat's messages, one after another while they are due; returns how many went. Never raises:
+        what went wrong is logged and the chat is tried again later."""
         sent = 0
-        for (platform, chat_id), result in zip(by_chat, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("outbox round for %s chat %s failed", platform, chat_id, exc_info=result)
-            else:
-                sent += result
+        try:
+            while not self._stopping:
+                rows, stop_at = await self._rows(chat)
+                went, finished = await self._deliver_rows(rows, stop_at)
+                sent += went
+                if not finished or len(rows) < self.batch:
+                    break
+        except Exception:
+            log.exception("outbox delivery to %s chat %s failed", chat[0].value, chat[1])
+        finally:
+            del self._lanes[chat]
+            # Messages queued for this chat while its lane was ending; chats there was no room for.
+            if chat in self._missed:
+                self._missed.discard(chat)
+                self.wake([chat])
+            if self._more:
+                self._more = False
+                self.wake()
         return sent
 
-    async def _deliver_chat(self, rows: list[Any]) -> int:
-        sent = 0
-        async with self._slots:
-            # Past this moment a claim may be about to lapse: stop and claim afresh next round rather
-            # than send what another instance may be sending by then.
-            stop_at = None
-            if self.instance is not None:
-                claimed = await self._claim(rows[0])
-                if claimed is None:
-                    return 0  # another instance is delivering to this chat
-                rows, stop_at = claimed, self.clock.now() + self.claim / 2
-            for row in rows:
-                now = self.clock.now()
-                if row.next_attempt_at > now:
-                    break  # an earlier message waits, so everything after it in this chat waits too
-                if stop_at is not None and now >= stop_at:
-                    break
-                if not await self._deliver(row):
-                    break
-                sent += 1
-        return sent
-
-    async def _claim(self, first: Any) -> list[Any] | None:
-        """Claim the chat of `first` and return its pending rows as they are now, or None."""
-        assert self.instance is not None
+    async def _rows(self, chat: Chat) -> tuple[list[Any], datetime | None]:
+        """The chat's pending rows, and the moment to stop sending them (None: no need to)."""
+        platform, chat_id = chat
+        if self.instance is None:
+            async with self.db.read() as conn:
+                return await Repository(conn).chat_outbox(platform, chat_id, self.batch), None
         now = self.clock.now()
         async with self.db.transaction() as conn:
-            return await Repository(conn).claim_outbox_chat(
-                Platform(first.platform), first.chat_id, self.instance, now, now + self.claim, self.batch
+            rows = await Repository(conn).claim_outbox_chat(
+                platform, chat_id, self.instance, now, now + self.claim, self.batch
             )
+        # Past this moment a claim may be about to lapse: stop and claim afresh rather than send what
+        # another instance may be sending by then. No rows: another instance is delivering this chat.
+        return rows or [], now + self.claim / 2
+
+    async def _deliver_rows(self, rows: list[Any], stop_at: datetime | None) -> tuple[int, bool]:
+        """Send rows in order; returns how many went and whether all of them did."""
+        sent = 0
+        for row in rows:
+            now = self.clock.now()
+            if row.next_attempt_at > now:
+                return sent, False  # an earlier message waits, so everything after it waits too
+            if self._stopping or (stop_at is not None and now >= stop_at):
+                return sent, False
+            async with self._slots:
+                if not await self._deliver(row):
+                    return sent, False
+            sent += 1
+        return sent, True
 
     async def release_dead_neighbours(self) -> None:
         """Let go at once of claims held by processes of this machine that are gone (the previous run of
@@ -275,6 +341,17 @@ class DeliveryWorker:
     def _hold(self, permit: Permit) -> None:
         if self.limiter_wait is None or permit.wait < self.limiter_wait:
             self.limiter_wait = permit.wait
+        # The chat's lane ends; the next look for due messages comes when the limiter lets it go.
+        loop = asyncio.get_running_loop()
+        at = loop.time() + max(permit.wait, MIN_LIMIT_WAIT)
+        if self._timer is None or at < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.wake()
 
     async def _targets(
         self, platform: Platform, chat_id: int, message: Outgoing
