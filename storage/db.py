@@ -65,7 +65,7 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write_lock, self._writer.connect() as conn:
+        async with self._write_lock, self._connect(self._writer) as conn:
             # Only a writer asks SQLite for the write lock up front (see _configure_sqlite); reads
             # begin deferred, so they never queue behind a writer for a snapshot.
             await conn.execution_options(**{WRITER: True})
@@ -82,7 +82,7 @@ class Database:
     async def read(self, *, offload: bool = False) -> AsyncIterator[AsyncConnection]:
         """A read-only snapshot. `offload`: reads that scan much, which on SQLite then run on the
         connection's thread rather than on the event loop (see storage/sqlite_driver.py)."""
-        async with self.engine.connect() as conn:
+        async with self._connect(self.engine) as conn:
             if self.is_postgres:
                 # One snapshot for all the reads, as SQLite gives; a write here fails loudly.
                 await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
@@ -95,6 +95,21 @@ class Database:
                 yield conn
             finally:
                 adapted.offload = False  # type: ignore[union-attr]
+
+    @asynccontextmanager
+    async def _connect(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+        if not self.is_sqlite:
+            async with engine.connect() as conn:
+                yield conn
+            return
+        # SQLAlchemy closes a connection in a task of its own, so a cancellation cannot cut the close
+        # short while it waits on the server. On SQLite the close runs on the loop without waiting, and
+        # a task per connection would only cost a turn of the loop.
+        conn = await engine.connect().start()
+        try:
+            yield conn
+        finally:
+            await conn.close()
 
     async def close(self) -> None:
         if self.checkpointer is not None:
@@ -127,7 +142,17 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(conn: Any) -> None:
         # A writer takes the write lock at BEGIN, so it never fails to upgrade a read lock later; a read
         # takes a WAL snapshot and no lock at all (an IMMEDIATE read would wait on every writer).
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITER) else "BEGIN")
+        statement = "BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITER) else "BEGIN"
+        # Straight to the driver: through SQLAlchemy the statement costs ten times the BEGIN itself.
+        dbapi = conn.dialect.loaded_dbapi
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        except dbapi.Error as error:
+            # As SQLAlchemy reports a failed statement (a lock not had within the busy timeout, say).
+            raise sa.exc.DBAPIError.instance(statement, (), error, dbapi.Error) from error
+        finally:
+            cursor.close()
 
 
 def alembic_config(database_url: str) -> Config:

@@ -123,6 +123,26 @@ async def test_a_writer_waits_for_another_process_on_its_thread_while_the_loop_g
         assert await Repository(conn).cursor("after") == "1"
 
 
+async def test_a_writer_that_cannot_have_the_lock_in_time_fails_as_sqlalchemy_reports_it(
+    database_url: str, db: Database
+) -> None:
+    async with db._writer.connect() as conn:  # the writer's one connection keeps its pragmas
+        await conn.exec_driver_sql("PRAGMA busy_timeout=50")
+    other = sqlite3.connect(path_of(database_url), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(OperationalError, match="database is locked"):
+            async with db.transaction() as conn:
+                await Repository(conn).save_cursor("never", "1", NOW)
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    async with db.transaction() as conn:  # and the connection is fit for the next writer
+        await Repository(conn).save_cursor("after", "1", NOW)
+    async with db.read() as conn:
+        assert [await Repository(conn).cursor(name) for name in ("never", "after")] == [None, "1"]
+
+
 async def test_commits_leave_the_checkpoint_to_the_checkpointer(database_url: str, db: Database) -> None:
     def in_database_file() -> int:
         """Rows the database file itself holds, the write-ahead log left out."""
