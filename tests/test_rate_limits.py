@@ -19,6 +19,7 @@ from bot.delivery.worker import DeliveryWorker
 from bot.domain import Attachment, MediaKind, Platform
 from bot.messages import Button, Outgoing, Ref
 from storage.db import Database
+from storage.repository import Repository
 from storage.schema import outbox as outbox_table
 from tests.conftest import ROADS_CHAT
 from tests.telegram_world import World, running_world
@@ -115,6 +116,20 @@ def test_telegram_all_chats_together_get_30_a_second() -> None:
     assert limits.acquire(TG, -5, 1).wait == pytest.approx(0.5), "groups count in the same window"
     now.advance(0.5)
     assert granted(limits.acquire(TG, 200, 1))
+
+
+def test_the_limiter_tells_what_fits_without_counting_it() -> None:
+    limits, now = limiter(telegram_global=3, telegram_private=1)
+    assert limits.room(TG) == 3 and limits.room(VK) is None, "VK has no window here"
+    assert limits.wait(TG, CITIZEN) == 0.0
+    assert granted(limits.acquire(TG, CITIZEN, 1))
+    assert limits.wait(TG, CITIZEN) == pytest.approx(1.0), "the chat's own window"
+    assert limits.wait(TG, OTHER_CITIZEN) == 0.0
+    assert limits.room(TG) == 2
+    assert granted(limits.acquire(TG, OTHER_CITIZEN, 2))
+    assert limits.room(TG) == 0 and limits.wait(TG, 7003) == pytest.approx(1.0), "the window for all"
+    now.advance(1.0)
+    assert limits.room(TG) == 3 and limits.wait(TG, CITIZEN) == 0.0
 
 
 def test_the_global_window_slides_rather_than_refilling_at_once() -> None:
@@ -294,6 +309,34 @@ async def test_a_held_back_message_keeps_the_rest_of_its_chat_behind_it(
     clock.advance(timedelta(seconds=1))
     await worker.deliver_due()
     assert [text for _, text, _ in messenger.sent] == ["album", "after"]
+
+
+async def test_chats_are_read_only_as_fast_as_the_limits_let_them_send(
+    db: Database, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    messenger = RecordingMessenger()
+    worker = DeliveryWorker(
+        db, {TG: messenger}, clock, telegram_global_rate=3, monotonic=lambda: clock.now().timestamp()
+    )
+    outbox = Outbox(db, clock)
+    for chat_id in range(1, 11):
+        await queue(outbox, chat_id, Outgoing(f"to {chat_id}"))
+    reads: list[int] = []
+    chat_outbox = Repository.chat_outbox
+
+    async def counted(self: Repository, platform: Platform, chat_id: int, limit: int) -> object:
+        reads.append(chat_id)
+        return await chat_outbox(self, platform, chat_id, limit)
+
+    monkeypatch.setattr(Repository, "chat_outbox", counted)
+    assert await worker.deliver_due() == 3
+    assert reads == [1, 2, 3], "ten citizens behind three messages a second: three chats read"
+    assert await worker.deliver_due() == 0
+    assert reads == [1, 2, 3] and worker.limiter_wait == pytest.approx(1.0)
+    clock.advance(timedelta(seconds=1))
+    assert await worker.deliver_due() == 3
+    assert reads == [1, 2, 3, 4, 5, 6]
+    assert [text for _, text, _ in messenger.sent] == [f"to {n}" for n in range(1, 7)], "oldest first"
 
 
 class SignallingMessenger(RecordingMessenger):

@@ -105,6 +105,9 @@ class Window:
         oldest = sorted(send.at for send in live)
         return max(oldest[excess - 1] + self.seconds - now, 0.0)
 
+    def room(self, now: float) -> int:
+        return max(self.limit - len(self.prune(now)), 0)
+
     def take(self, now: float, cost: int) -> list[_Send]:
         # Sends beyond one window's worth are dated into later windows, as if paced at the limit, so
         # the next message waits for every photo of an album, not just for the first `limit` of them.
@@ -189,6 +192,17 @@ class RateLimiter:
         sends = [send for window in windows for send in window.take(now, cost)]
         self._sweep(now)
         return Permit(0.0, sends, now, self.now, windows)
+
+    def wait(self, platform: Platform, chat_id: int, cost: int = 1) -> float:
+        """Seconds until `cost` sends to the chat fit this instance's limits; 0.0 when they fit now.
+        Counts nothing."""
+        now = self.now()
+        return max((window.wait(now, cost) for _, window in self._windows(platform, chat_id)), default=0.0)
+
+    def room(self, platform: Platform) -> int | None:
+        """How many sends the platform's window for all chats takes now; None when it has no limit."""
+        window = self._global.get(platform)
+        return None if window is None else window.room(self.now())
 
     async def acquire_shared(self, platform: Platform, chat_id: int, cost: int) -> Permit:
         """`acquire`, then the windows shared with the other instances (when configured): granted only

@@ -33,7 +33,7 @@ from .base import (
     RetryAfter,
     TransientError,
 )
-from .limits import Permit, RateLimiter, Rates, cost
+from .limits import RateLimiter, Rates, cost
 
 log = logging.getLogger(__name__)
 
@@ -189,13 +189,29 @@ class DeliveryWorker:
 
     def _start(self, chats: Iterable[Chat]) -> list[asyncio.Task[int]]:
         started = []
+        # Sends the platforms take now: a lane is started only if its first send can go, else it would
+        # read its chat only to be held back (a thousand citizens behind 30 messages a second).
+        room: dict[Platform, int | None] = {}
         for chat in chats:
+            platform, chat_id = chat
             if chat in self._lanes:
                 self._missed.add(chat)
-            elif chat[0] in self.messengers:
-                lane = asyncio.create_task(self._lane(chat))
-                self._lanes[chat] = lane
-                started.append(lane)
+                continue
+            if platform not in self.messengers:
+                continue
+            if (wait := self.limiter.wait(platform, chat_id)) > 0:
+                self._hold(wait)
+                continue
+            left = room[platform] if platform in room else self.limiter.room(platform)
+            if left is not None:
+                if left <= 0:
+                    self._more = True  # looked at again when a lane ends, by then knowing its sends
+                    continue
+                left -= 1
+            room[platform] = left
+            lane = asyncio.create_task(self._lane(chat))
+            self._lanes[chat] = lane
+            started.append(lane)
         return started
 
     async def _lane(self, chat: Chat) -> int:
@@ -288,7 +304,7 @@ class DeliveryWorker:
             permit = await self.limiter.acquire_shared(platform, row.chat_id, cost(platform, message))
             if not permit.granted:
                 # Not a failed try: the row keeps its next_attempt_at and attempts as they are.
-                self._hold(permit)
+                self._hold(permit.wait)
                 return False
             try:
                 if target is None:  # only an edit has a target, and an edit without one failed above
@@ -338,12 +354,13 @@ class DeliveryWorker:
 
         return Progress(row.progress, save)
 
-    def _hold(self, permit: Permit) -> None:
-        if self.limiter_wait is None or permit.wait < self.limiter_wait:
-            self.limiter_wait = permit.wait
-        # The chat's lane ends; the next look for due messages comes when the limiter lets it go.
+    def _hold(self, wait: float) -> None:
+        """A chat must wait `wait` seconds for the limits: its lane ends, and the worker looks for due
+        messages again when the first held-back chat may go."""
+        if self.limiter_wait is None or wait < self.limiter_wait:
+            self.limiter_wait = wait
         loop = asyncio.get_running_loop()
-        at = loop.time() + max(permit.wait, MIN_LIMIT_WAIT)
+        at = loop.time() + max(wait, MIN_LIMIT_WAIT)
         if self._timer is None or at < self._timer.when():
             if self._timer is not None:
                 self._timer.cancel()
