@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from bot.clock import ManualClock
+from bot.clock import ManualClock, SystemClock
 from bot.delivery.base import (
     ChatMigrated,
     DeliveryError,
@@ -149,6 +149,34 @@ async def test_a_message_queued_while_its_chat_is_sending_goes_right_after(
         messenger.let_through(2)
         assert [await messenger.next_sent(), await messenger.next_sent()] == ["card 1", "card 2"]
     finally:
+        worker.stop()
+        await asyncio.wait_for(running, 5)
+
+
+async def test_a_retry_falls_due_while_other_chats_keep_the_worker_busy(db: Database) -> None:
+    messenger = GatedMessenger(gated_chat=0)  # holds nothing back; tells of every message sent
+    messenger.failures["retried"] = [TransientError("502")]
+    clock = SystemClock()
+    worker = DeliveryWorker(db, {Platform.telegram: messenger}, clock, poll_seconds=0.3, backoff_base=0.05)
+    outbox = Outbox(db, clock)
+    outbox.subscribe(worker.wake)
+    await queue(outbox, 1, Outgoing("retried"))
+    running = asyncio.create_task(worker.run())
+
+    async def busy() -> None:
+        # A message to another chat every few milliseconds: the worker never sits out a whole poll.
+        for index in range(10_000):
+            await queue(outbox, 2, Outgoing(f"busy {index}"))
+            await asyncio.sleep(0.005)
+
+    flood = asyncio.create_task(busy())
+    try:
+        async with asyncio.timeout(5):
+            while await messenger.next_sent() != "retried":
+                pass
+        assert not flood.done()
+    finally:
+        flood.cancel()
         worker.stop()
         await asyncio.wait_for(running, 5)
 

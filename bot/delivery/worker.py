@@ -7,6 +7,7 @@ side, so a busy agency group never holds up the answers to citizens, nor one slo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -140,12 +141,17 @@ class DeliveryWorker:
             log.warning(
                 "could not look for claims of stopped instances; they lapse by themselves", exc_info=True
             )
+        loop = asyncio.get_running_loop()
+        # Every chat is looked at through the database at least every `poll_seconds`, busy or not: a
+        # retry falls due, or another instance queued a message, with nothing to wake this one.
+        look_at = loop.time()
         while not self._stopping:
             self._wakeup.clear()
             hinted, self._hinted = self._hinted, set()
             try:
-                if self._everywhere:
+                if self._everywhere or loop.time() >= look_at:
                     self._everywhere = False
+                    look_at = loop.time() + self.poll_seconds
                     await self._start_lanes()
                 else:
                     self._start(hinted)
@@ -154,10 +160,8 @@ class DeliveryWorker:
                 log.exception("looking for due outbox messages failed; trying again shortly")
             if self._stopping:
                 break
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
-            except TimeoutError:
-                self._everywhere = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), max(look_at - loop.time(), 0.0))
         # A send under way is recorded before the claims go, or the next start would send it again.
         await asyncio.gather(*self._lanes.values())
         try:
