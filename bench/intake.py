@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,12 @@ class Load:
     card_latency: list[float] = field(default_factory=list)
     # CPU seconds the bot (or echo bot) process used during the run.
     cpu_seconds: float = 0.0
+    # Bot API calls the fake served during the run, by method.
+    api_calls: Counter[str] = field(default_factory=Counter)
+
+    def calls_per_update(self, updates: int) -> float:
+        """Calls besides getUpdates, per update handled."""
+        return sum(n for name, n in self.api_calls.items() if name.lower() != "getupdates") / max(updates, 1)
 
     @property
     def span(self) -> float:
@@ -163,9 +170,10 @@ async def run_echo(workdir: Path, users: int) -> Load:
             await _crowd(warm, lambda load, uid: echo_exchange(tg, load, uid, STEPS_PER_REPORT))
             people = _add_people(tg, 2_000_000, users)
             await echo.measuring()
-            cpu = echo.cpu_seconds()
+            cpu, calls = echo.cpu_seconds(), len(tg.requests)
             load = await _crowd(people, lambda load, uid: echo_exchange(tg, load, uid, STEPS_PER_REPORT))
             load.cpu_seconds = echo.cpu_seconds() - cpu
+            load.api_calls = Counter(name for name, _ in tg.requests[calls:])
             return load
         finally:
             await echo.stop()
@@ -183,10 +191,11 @@ async def run_intake(workdir: Path, citizens: int) -> tuple[Load, dict[str, int]
             await _crowd(warm, lambda load, uid: file_report(tg, load, uid))
             people = _add_people(tg, 1_000_000, citizens)
             await bot.measuring()
-            cpu = bot.cpu_seconds()
+            cpu, calls = bot.cpu_seconds(), len(tg.requests)
             load = await _crowd(people, lambda load, uid: file_report(tg, load, uid))
             bot.check_alive()
             load.cpu_seconds = bot.cpu_seconds() - cpu
+            load.api_calls = Counter(name for name, _ in tg.requests[calls:])
             memory = bot.memory_kib()
         finally:
             await bot.stop()
@@ -217,11 +226,39 @@ async def run(workdir: Path, citizens: int) -> Section:
     section.add("bot CPU per update", intake.cpu_seconds / max(intake_updates, 1) * ms, "ms")
     section.add("echo bot CPU per update", echo.cpu_seconds / max(echo.updates, 1) * ms, "ms")
     section.add("bot CPU busy during intake", intake.cpu_seconds / intake.span, "cores")
+    section.add(
+        "bot's Bot API calls per update, getUpdates aside",
+        intake.calls_per_update(intake_updates),
+        "",
+        note=", ".join(f"{name} {n / intake_updates:.2f}" for name, n in intake.api_calls.most_common()),
+    )
+    section.add(
+        "echo bot's Bot API calls per update, getUpdates aside", echo.calls_per_update(echo.updates), ""
+    )
     section.notes.append(
         "Closed loop: every citizen (and every echo user) sends the next update as soon as the bot "
         "answered the previous one; all start together. Rate limits and the hourly report limit off; "
         f"{WARM_UP} warm-up reports (and echoes) first, not counted."
     )
+    section.details = {
+        "citizens": citizens,
+        "intake": {
+            "completed": intake.completed,
+            "failed": intake.failed[:20],
+            "seconds": intake.span,
+            "updates": intake.completed * STEPS_PER_REPORT,
+            "bot_cpu_seconds": intake.cpu_seconds,
+            "api_calls": dict(intake.api_calls),
+        },
+        "echo": {
+            "updates": echo.updates,
+            "seconds": echo.span,
+            "failed": echo.failed[:20],
+            "cpu_seconds": echo.cpu_seconds,
+            "api_calls": dict(echo.api_calls),
+        },
+        "bot_memory_kib": memory,
+    }
     if transactions:
         reports = citizens + WARM_UP
         total = sum(entry["count"] for entry in transactions.values())
@@ -234,21 +271,4 @@ async def run(workdir: Path, citizens: int) -> Section:
         section.details["write_transactions"] = transactions
     if intake.failed or echo.failed:
         section.notes.append(f"failed: intake {len(intake.failed)}, echo {len(echo.failed)}")
-    section.details = {
-        "citizens": citizens,
-        "intake": {
-            "completed": intake.completed,
-            "failed": intake.failed[:20],
-            "seconds": intake.span,
-            "updates": intake.completed * STEPS_PER_REPORT,
-            "bot_cpu_seconds": intake.cpu_seconds,
-        },
-        "echo": {
-            "updates": echo.updates,
-            "seconds": echo.span,
-            "failed": echo.failed[:20],
-            "cpu_seconds": echo.cpu_seconds,
-        },
-        "bot_memory_kib": memory,
-    }
     return section
