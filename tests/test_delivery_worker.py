@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from bot.clock import ManualClock, SystemClock
@@ -129,6 +130,20 @@ async def test_a_chat_stuck_on_a_slow_send_holds_up_no_other_chat(db: Database, 
     finally:
         worker.stop()
         await asyncio.wait_for(running, 5)
+
+
+async def test_a_cancelled_worker_takes_its_lanes_along(db: Database, clock: ManualClock) -> None:
+    messenger = GatedMessenger(gated_chat=-100)
+    worker = DeliveryWorker(db, {Platform.telegram: messenger}, clock, poll_seconds=3600)
+    await queue(Outbox(db, clock), -100, Outgoing("card"))
+    running = asyncio.create_task(worker.run())
+    assert await messenger.next_held() == "card"
+    lanes = list(worker._lanes.values())
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running, 5)
+    assert lanes and all(lane.cancelled() for lane in lanes)
+    assert await statuses(db) == [("card", "pending")], "sent next time"
 
 
 async def test_a_message_queued_while_its_chat_is_sending_goes_right_after(

@@ -145,23 +145,30 @@ class DeliveryWorker:
         # Every chat is looked at through the database at least every `poll_seconds`, busy or not: a
         # retry falls due, or another instance queued a message, with nothing to wake this one.
         look_at = loop.time()
-        while not self._stopping:
-            self._wakeup.clear()
-            hinted, self._hinted = self._hinted, set()
-            try:
-                if self._everywhere or loop.time() >= look_at:
-                    self._everywhere = False
-                    look_at = loop.time() + self.poll_seconds
-                    await self._start_lanes()
-                else:
-                    self._start(hinted)
-            except Exception:
-                self._everywhere = True
-                log.exception("looking for due outbox messages failed; trying again shortly")
-            if self._stopping:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), max(look_at - loop.time(), 0.0))
+        try:
+            while not self._stopping:
+                self._wakeup.clear()
+                hinted, self._hinted = self._hinted, set()
+                try:
+                    if self._everywhere or loop.time() >= look_at:
+                        self._everywhere = False
+                        look_at = loop.time() + self.poll_seconds
+                        await self._start_lanes()
+                    else:
+                        self._start(hinted)
+                except Exception:
+                    self._everywhere = True
+                    log.exception("looking for due outbox messages failed; trying again shortly")
+                if self._stopping:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), max(look_at - loop.time(), 0.0))
+        except asyncio.CancelledError:
+            # Cancelled rather than stopped: the lanes go too, not left sending on their own.
+            for lane in self._lanes.values():
+                lane.cancel()
+            await asyncio.gather(*self._lanes.values(), return_exceptions=True)
+            raise
         # A send under way is recorded before the claims go, or the next start would send it again.
         await asyncio.gather(*self._lanes.values())
         try:
