@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import pytest
@@ -100,15 +102,28 @@ class GatedMessenger(RecordingMessenger):
         self.went.put_nowait(message.text)
         return ids
 
-    def let_through(self, count: int) -> None:
-        for _ in range(count):
-            self.gate.release()
-
     async def next_sent(self) -> str:
         return await asyncio.wait_for(self.went.get(), 5)
 
+    async def let_through(self, count: int) -> list[str]:
+        """Let `count` held sends go; returns the next `count` messages sent."""
+        for _ in range(count):
+            self.gate.release()
+        return [await self.next_sent() for _ in range(count)]
+
     async def next_held(self) -> str:
         return await asyncio.wait_for(self.held.get(), 5)
+
+
+@asynccontextmanager
+async def running(worker: DeliveryWorker) -> AsyncIterator[None]:
+    """The worker's loop, as the app runs it, for the length of the block; stopped as the app stops it."""
+    task = asyncio.create_task(worker.run())
+    try:
+        yield
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 5)
 
 
 async def test_a_chat_stuck_on_a_slow_send_holds_up_no_other_chat(db: Database, clock: ManualClock) -> None:
@@ -118,30 +133,25 @@ async def test_a_chat_stuck_on_a_slow_send_holds_up_no_other_chat(db: Database, 
     outbox = Outbox(db, clock)
     outbox.subscribe(worker.wake)
     await queue(outbox, -100, Outgoing("card 1"), Outgoing("card 2"))
-    running = asyncio.create_task(worker.run())
-    try:
+    async with running(worker):
         assert await messenger.next_held() == "card 1"
         await queue(outbox, 5, Outgoing("answer to a citizen"))
         assert await messenger.next_sent() == "answer to a citizen"
         await queue(outbox, 6, Outgoing("another answer"))
         assert await messenger.next_sent() == "another answer"
-        messenger.let_through(2)
-        assert [await messenger.next_sent(), await messenger.next_sent()] == ["card 1", "card 2"]
-    finally:
-        worker.stop()
-        await asyncio.wait_for(running, 5)
+        assert await messenger.let_through(2) == ["card 1", "card 2"]
 
 
 async def test_a_cancelled_worker_takes_its_lanes_along(db: Database, clock: ManualClock) -> None:
     messenger = GatedMessenger(gated_chat=-100)
     worker = DeliveryWorker(db, {Platform.telegram: messenger}, clock, poll_seconds=3600)
     await queue(Outbox(db, clock), -100, Outgoing("card"))
-    running = asyncio.create_task(worker.run())
+    task = asyncio.create_task(worker.run())
     assert await messenger.next_held() == "card"
     lanes = list(worker._lanes.values())
-    running.cancel()
+    task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(running, 5)
+        await asyncio.wait_for(task, 5)
     assert lanes and all(lane.cancelled() for lane in lanes)
     assert await statuses(db) == [("card", "pending")], "sent next time"
 
@@ -154,18 +164,13 @@ async def test_a_message_queued_while_its_chat_is_sending_goes_right_after(
     outbox = Outbox(db, clock)
     outbox.subscribe(worker.wake)
     await queue(outbox, -100, Outgoing("card 1"))
-    running = asyncio.create_task(worker.run())
-    try:
+    async with running(worker):
         # The chat's lane read its messages and waits on the first when the second is queued.
         assert await messenger.next_held() == "card 1"
         await queue(outbox, -100, Outgoing("card 2"))
         await queue(outbox, 5, Outgoing("answer"))
         assert await messenger.next_sent() == "answer"
-        messenger.let_through(2)
-        assert [await messenger.next_sent(), await messenger.next_sent()] == ["card 1", "card 2"]
-    finally:
-        worker.stop()
-        await asyncio.wait_for(running, 5)
+        assert await messenger.let_through(2) == ["card 1", "card 2"]
 
 
 async def test_a_retry_falls_due_while_other_chats_keep_the_worker_busy(db: Database) -> None:
@@ -176,7 +181,6 @@ async def test_a_retry_falls_due_while_other_chats_keep_the_worker_busy(db: Data
     outbox = Outbox(db, clock)
     outbox.subscribe(worker.wake)
     await queue(outbox, 1, Outgoing("retried"))
-    running = asyncio.create_task(worker.run())
 
     async def busy() -> None:
         # A message to another chat every few milliseconds: the worker never sits out a whole poll.
@@ -184,16 +188,15 @@ async def test_a_retry_falls_due_while_other_chats_keep_the_worker_busy(db: Data
             await queue(outbox, 2, Outgoing(f"busy {index}"))
             await asyncio.sleep(0.005)
 
-    flood = asyncio.create_task(busy())
-    try:
-        async with asyncio.timeout(5):
-            while await messenger.next_sent() != "retried":
-                pass
-        assert not flood.done()
-    finally:
-        flood.cancel()
-        worker.stop()
-        await asyncio.wait_for(running, 5)
+    async with running(worker):
+        flood = asyncio.create_task(busy())
+        try:
+            async with asyncio.timeout(5):
+                while await messenger.next_sent() != "retried":
+                    pass
+            assert not flood.done()
+        finally:
+            flood.cancel()
 
 
 async def test_retry_after_holds_back_only_that_chat_and_exactly_as_long_as_asked(
