@@ -153,7 +153,16 @@ outbox = sa.Table(
     sa.Column("claimed_by", sa.String(64)),
     sa.Column("claimed_until", UTCDateTime),
     sa.Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
-    sa.Index("ix_outbox_platform_chat_id_status", "platform", "chat_id", "status"),
+    # The messages still to send, by chat and in order: what the delivery worker reads, without the
+    # history of those sent.
+    sa.Index(
+        "ix_outbox_pending_chat",
+        "platform",
+        "chat_id",
+        "id",
+        sqlite_where=sa.text("status = 'pending'"),
+        postgresql_where=sa.text("status = 'pending'"),
+    ),
 )
 
 processed_updates = sa.Table(

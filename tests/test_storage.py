@@ -4,11 +4,13 @@ equal to the schema, idempotency, ids beyond 32 bits."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import event
 
 from bot.domain import Platform
 from storage.db import Database
@@ -112,6 +114,30 @@ async def test_due_chats_are_those_whose_first_pending_message_is_due_longest_wa
         later = now + timedelta(seconds=5)
         assert await repo.due_outbox_chats(10, [tg], later) == [(tg, 3), (tg, 1), (tg, 2)]
         assert [len(await repo.chat_outbox(tg, chat, 100)) for chat in (1, 2, 3)] == [2, 1, 2]
+
+
+@pytest.mark.sqlite_only("SQLite's planner, without statistics, takes any index that fits the query")
+async def test_the_delivery_worker_reads_the_outbox_through_the_pending_rows_index(db: Database) -> None:
+    now = datetime.now(UTC)
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, parameters: Any, *_: object) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        async with db.read() as conn:
+            await Repository(conn).due_outbox_chats(10, [Platform.telegram], now)
+            await Repository(conn).chat_outbox(Platform.telegram, 1, 10)
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+    assert len(statements) == 2
+    async with db.read() as conn:
+        for statement, parameters in statements:
+            plan = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            detail = " ".join(str(row[-1]) for row in plan)
+            # Not an index of every row: the history of messages sent is not read at every look.
+            assert "USING INDEX ix_outbox_pending_chat" in detail, detail
 
 
 async def test_telegram_ids_beyond_32_bits_round_trip(db: Database) -> None:
