@@ -85,6 +85,8 @@ class Attachment:
     file_unique_id: str = ""
     # Where the file can be fetched from another platform (VK photo URL), when known.
     url: str = ""
+    # A document's file name, which it keeps when it crosses to another platform.
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)

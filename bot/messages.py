@@ -65,13 +65,16 @@ class Outgoing:
 
 
 def attachment_to_json(a: Attachment) -> dict[str, str]:
-    return {
+    data = {
         "kind": a.kind.value,
         "platform": a.platform.value,
         "file_id": a.file_id,
         "file_unique_id": a.file_unique_id,
         "url": a.url,
     }
+    if a.name:
+        data["name"] = a.name
+    return data
 
 
 def attachment_from_json(d: dict[str, str]) -> Attachment:
@@ -81,6 +84,7 @@ def attachment_from_json(d: dict[str, str]) -> Attachment:
         file_id=d["file_id"],
         file_unique_id=d.get("file_unique_id", ""),
         url=d.get("url", ""),
+        name=d.get("name", ""),
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from vkbottle import API, AiohttpClient, BotPolling, PhotoMessageUploader, VKAPIError
+from vkbottle import API, AiohttpClient, BotPolling, DocMessagesUploader, PhotoMessageUploader, VKAPIError
 from vkbottle.api.request_rescheduler import BlockingRequestRescheduler
 from vkbottle.bot import Bot, BotLabeler, Message
 from vkbottle.tools.mini_types.bot import MessageEventMin, message_min
@@ -264,6 +264,23 @@ async def test_text_limit_and_good_keyboards(fake: FakeVK, api: API) -> None:
     await send(api, ANNA, "mixed", keyboard=json.dumps(mixed))
     assert fake.button_payloads(fake.bot_messages(ANNA)[-1]) == [{"command": "start"}]
     assert fake.button_labels(fake.bot_messages(ANNA)[-1]) == ["Начать", "", "Сайт"]
+
+
+async def test_document_upload_through_vkbottle(fake: FakeVK, api: API) -> None:
+    data = b"%PDF-1.7 an inspection report"
+    attachment = await DocMessagesUploader(api).upload(file_source=data, peer_id=ANNA, title="акт.pdf")
+    match = re.fullmatch(rf"doc-{GROUP}_(\d+)", attachment)
+    assert match is not None
+    assert fake.calls("docs.getMessagesUploadServer")[0]["peer_id"] == ANNA
+    assert fake.docs[int(match[1])]["content"] == data
+    await api.messages.send(peer_id=ANNA, random_id=7, message="Акт", attachment=attachment)
+    [stored] = fake.bot_messages(ANNA)[-1]["attachments"]
+    assert stored["type"] == "doc" and stored["doc"]["title"] == "акт.pdf"
+    with pytest.raises(VKAPIError):
+        await send(api, ANNA, "", attachment=f"doc-{GROUP}_999")
+    # An executable is refused at upload, so there is no file to save.
+    with pytest.raises(VKAPIError[100]):
+        await DocMessagesUploader(api).upload(file_source=b"MZ", peer_id=ANNA, title="setup.exe")
 
 
 async def test_photo_upload_through_vkbottle(fake: FakeVK, api: API) -> None:

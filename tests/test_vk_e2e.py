@@ -126,6 +126,37 @@ async def test_vk_citizen_report_reaches_the_card_and_a_photo_answer_comes_back(
     assert len(photos) == 1
 
 
+async def test_a_document_from_the_agency_reaches_the_vk_citizen_unless_vk_refuses_it(
+    both: VkWorld,
+) -> None:
+    vk, tg = both.vk, both.world.tg
+    await both.file_report(ANNA, "Яма у школы")
+    card = await both.world.card(ROADS_CHAT, 1)
+    sent = await tg.send_document(
+        ROADS_STAFF,
+        file_name="акт осмотра.pdf",
+        caption="Акт осмотра",
+        chat_id=ROADS_CHAT,
+        reply_to=card["message_id"],
+    )
+    answer = await both.says(ANNA, "Акт осмотра")
+    [doc] = [a["doc"] for a in answer["attachments"] if a["type"] == "doc"]
+    assert doc["title"] == "акт осмотра.pdf"
+    assert vk.docs[doc["id"]]["content"] == tg.file_bytes(sent["document"]["file_id"])
+
+    # A file VK does not take: the words still go, without it.
+    await tg.send_document(
+        ROADS_STAFF,
+        file_name="setup.exe",
+        caption="Программа",
+        chat_id=ROADS_CHAT,
+        reply_to=card["message_id"],
+    )
+    answer = await both.says(ANNA, "Программа")
+    assert answer["attachments"] == []
+    assert len(vk.docs) == 1
+
+
 async def test_a_vk_album_is_one_report(both: VkWorld) -> None:
     await both.vk.send_photos(ANNA, 3, "Мусор у подъезда")  # the quick path: text and photos first
     await both.press(ANNA, await both.keyboard(ANNA, "c:"), "c:potholes")

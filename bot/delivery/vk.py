@@ -6,12 +6,13 @@ derives `random_id` from the outbox row instead, so a resend after a failure or 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
 from vkbottle import API, VKAPIError
-from vkbottle.tools import PhotoMessageUploader
+from vkbottle.tools import DocMessagesUploader, PhotoMessageUploader
 
 from bot.domain import Attachment, MediaKind, Platform
 from bot.messages import Outgoing
@@ -19,7 +20,12 @@ from bot.messages import Outgoing
 from .base import PermanentError, Progress, RetryAfter, TransientError
 from .vk_text import TEXT_LIMIT, html_to_text, keyboard, split_plain
 
+log = logging.getLogger(__name__)
+
 Fetch = Callable[[Attachment], Awaitable[bytes]]
+
+# Attachments one message takes.
+ATTACHMENT_LIMIT = 10
 
 RETRY_LATER = {6: 1.0, 9: 30.0}  # too many requests per second; flood control
 TRANSIENT = {1, 10}  # unknown error; internal server error
@@ -34,6 +40,7 @@ class VkMessenger:
         self.group_id = group_id
         self.fetch = fetch
         self.uploader = PhotoMessageUploader(api)
+        self.docs = DocMessagesUploader(api)
 
     async def send(
         self,
@@ -44,9 +51,12 @@ class VkMessenger:
         progress: Progress | None = None,
     ) -> list[int]:
         progress = progress or Progress()
-        # Only photos cross to VK; a document stays on record in the ticket and with the agency.
         photos = [a for a in message.photos if a.kind is MediaKind.photo]
-        attachments = [await self._attachment(chat_id, photo) for photo in photos[:10]]
+        documents = [a for a in message.photos if a.kind is MediaKind.document]
+        attachments = [await self._attachment(chat_id, photo) for photo in photos[:ATTACHMENT_LIMIT]]
+        for document in documents[: ATTACHMENT_LIMIT - len(attachments)]:
+            if (uploaded := await self._document(chat_id, document)) is not None:
+                attachments.append(uploaded)
         parts = split_plain(html_to_text(message.text))
         ids: list[int] = []
         for index, part in enumerate(parts):
@@ -86,6 +96,23 @@ class VkMessenger:
         if markup := keyboard(message.buttons):
             params["keyboard"] = markup
         await self._call("messages.edit", params)
+
+    async def _document(self, peer_id: int, document: Attachment) -> str | None:
+        """The document uploaded for the peer; None when VK refuses the file (an executable, say): the
+        message goes without it, and the file stays with the ticket and the agency."""
+        data = await self.fetch(document)
+        try:
+            return str(
+                await self.docs.upload(file_source=data, peer_id=peer_id, title=document.name or "document")
+            )
+        except VKAPIError as error:
+            translated = _translate(error)
+            if isinstance(translated, PermanentError) and translated.reason == "bad_request":
+                log.warning("VK refused document %r for %s: %s", document.name, peer_id, translated)
+                return None
+            raise translated from None
+        except (OSError, ValueError) as error:
+            raise TransientError(f"document upload failed: {error}") from None
 
     async def _attachment(self, peer_id: int, photo: Attachment) -> str:
         if photo.platform is Platform.vk and photo.file_id.startswith("photo"):

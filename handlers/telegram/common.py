@@ -68,6 +68,7 @@ def photos(messages: list[Message]) -> list[Attachment]:
                     platform=Platform.telegram,
                     file_id=message.document.file_id,
                     file_unique_id=message.document.file_unique_id,
+                    name=message.document.file_name or "",
                 )
             )
         if message.photo:

@@ -646,11 +646,12 @@ class FakeTelegram(FakeServer):
         mime_type: str | None = None,
         chat_id: int | None = None,
         caption: str | None = None,
+        reply_to: JSON | int | tuple[int, int] | None = None,
     ) -> JSON:
         mime = mime_type or mimetypes.guess_type(file_name)[0] or "application/octet-stream"
         record = self._new_file("document", file_size, meta={"file_name": file_name, "mime_type": mime})
         content = {"document": self._media_json(record), **self._incoming_caption(caption)}
-        return self._incoming(user_id, chat_id, content)
+        return self._incoming(user_id, chat_id, content, reply_to)
 
     async def send_animation(
         self, user_id: int, chat_id: int | None = None, file_size: int = 300_000, caption: str | None = None
@@ -1135,6 +1136,10 @@ class FakeTelegram(FakeServer):
             file_id=record["file_id"], file_unique_id=record["file_unique_id"], file_size=record["file_size"]
         )
         return body
+
+    def file_bytes(self, file_id: str) -> bytes:
+        """What downloading the file gives."""
+        return self._file_bytes(self._files[file_id])
 
     def _file_bytes(self, record: JSON) -> bytes:
         if record["content"] is not None:

@@ -108,6 +108,8 @@ INT_PARAMS = frozenset(
     }
 )
 METHODS = (
+    "docs.getMessagesUploadServer",
+    "docs.save",
     "groups.getById",
     "groups.getLongPollServer",
     "messages.send",
@@ -120,6 +122,8 @@ METHODS = (
     "users.get",
 )
 CANONICAL = {name.lower(): name for name in METHODS}
+# What VK will not take as a document.
+FORBIDDEN_DOC_TYPES = frozenset({"exe", "apk", "bat", "cmd", "com", "msi", "scr", "sh"})
 # Names for fault injection on the endpoints that are not API methods.
 LONG_POLL, UPLOAD = "longpoll", "upload"
 
@@ -255,6 +259,9 @@ class FakeVK(FakeServer):
         self._next_photo_id = FIRST_PHOTO_ID
         self._upload_sigs: set[str] = set()
         self._uploads: dict[str, bytes] = {}
+        # Documents: uploaded files waiting for docs.save (token → name, bytes), and those saved.
+        self._doc_uploads: dict[str, tuple[str, bytes]] = {}
+        self.docs: dict[int, JSON] = {}
         self._upload_secret = secrets.token_hex(16)
         self._presses: dict[str, JSON] = {}
         self._serial = 0
@@ -285,6 +292,7 @@ class FakeVK(FakeServer):
         app.router.add_route("*", "/method/{method}", self._on_method)
         app.router.add_route("*", "/lp", self._on_long_poll)
         app.router.add_post("/upload/photo", self._on_upload)
+        app.router.add_post("/upload/doc", self._on_doc_upload)
         app.router.add_get("/photos/{name}", self._on_photo)
 
     @property
@@ -750,6 +758,22 @@ class FakeVK(FakeServer):
         photo = _dumps([{"photo": f"{token}:w", "sizes": [], "kid": secrets.token_hex(16)}])
         return web.json_response({"server": UPLOAD_SERVER, "photo": photo, "hash": self._hash(photo)})
 
+    async def _on_doc_upload(self, request: web.Request) -> web.StreamResponse:
+        self.stats.uploads += 1
+        if request.query.get("sig") not in self._upload_sigs:
+            return web.json_response({"error": "invalid upload signature"})
+        form = await request.post()
+        value = form.get("file")
+        if not isinstance(value, web.FileField):
+            return web.json_response({"error": "no file"})
+        name = value.filename or ""
+        if name.rsplit(".", 1)[-1].lower() in FORBIDDEN_DOC_TYPES or "." not in name:
+            # As VK: executables and files without a type are refused at upload.
+            return web.json_response({"error": "file type is not allowed"})
+        token = secrets.token_hex(16)
+        self._doc_uploads[token] = (name, value.file.read())
+        return web.json_response({"file": token})
+
     def _hash(self, photo: str) -> str:
         return hashlib.sha256((self._upload_secret + photo).encode()).hexdigest()[:32]
 
@@ -1044,12 +1068,20 @@ class FakeVK(FakeServer):
             raise _bad_keyboard("open_app button should have an app_id")
 
     def _attachments(self, raw: Any) -> list[JSON]:
-        """Photos named as VK names them: photo{owner}_{id}, with _{access_key} for someone else's photo."""
+        """Photos named as VK names them: photo{owner}_{id}, with _{access_key} for someone else's photo;
+        documents as doc{owner}_{id}."""
         items = [item.strip() for item in str(raw or "").split(",") if item.strip()]
         if len(items) > ATTACHMENT_LIMIT:
             raise _invalid("attachment is invalid: too many attachments")
         result = []
         for item in items:
+            doc = re.fullmatch(r"doc(-?\d+)_(\d+)(?:_[0-9A-Za-z]+)?", item)
+            if doc is not None:
+                saved = self.docs.get(int(doc[2]))
+                if saved is None or saved["owner_id"] != int(doc[1]):
+                    raise _invalid("attachment is invalid")
+                result.append({"type": "doc", "doc": {k: v for k, v in saved.items() if k != "content"}})
+                continue
             match = re.fullmatch(r"photo(-?\d+)_(\d+)(?:_([0-9A-Za-z]+))?", item)
             photo = self._photos.get(int(match[2])) if match else None
             if match is None or photo is None or photo["owner_id"] != int(match[1]):
@@ -1262,6 +1294,36 @@ class FakeVK(FakeServer):
                 }
             )
         return {"count": len(items), "items": items}
+
+    async def _api_docs_get_messages_upload_server(self, params: JSON) -> Any:
+        peer_id = int(params.get("peer_id") or 0)
+        if not peer_id:
+            raise _invalid("peer_id is undefined")
+        self._peer(peer_id)
+        sig = secrets.token_hex(16)
+        self._upload_sigs.add(sig)
+        return {"upload_url": f"{self.base_url}/upload/doc?sig={sig}"}
+
+    async def _api_docs_save(self, params: JSON) -> Any:
+        upload = self._doc_uploads.pop(str(params.get("file") or ""), None)
+        if upload is None:
+            raise _invalid("file is undefined")
+        name, content = upload
+        doc_id = self._next_photo_id
+        self._next_photo_id += 1
+        title = str(params.get("title") or name)
+        doc: JSON = {
+            "id": doc_id,
+            "owner_id": -self.group_id,
+            "title": title,
+            "size": len(content),
+            "ext": name.rsplit(".", 1)[-1].lower(),
+            "date": _now(),
+            "type": 1,
+            "url": f"{self.base_url}/doc/{doc_id}",
+        }
+        self.docs[doc_id] = {**doc, "content": content}
+        return {"type": "doc", "doc": doc}
 
     async def _api_photos_get_messages_upload_server(self, params: JSON) -> Any:
         sig = secrets.token_hex(16)
