@@ -132,26 +132,20 @@ async def test_a_document_from_the_agency_reaches_the_vk_citizen_unless_vk_refus
     vk, tg = both.vk, both.world.tg
     await both.file_report(ANNA, "Яма у школы")
     card = await both.world.card(ROADS_CHAT, 1)
-    sent = await tg.send_document(
-        ROADS_STAFF,
-        file_name="акт осмотра.pdf",
-        caption="Акт осмотра",
-        chat_id=ROADS_CHAT,
-        reply_to=card["message_id"],
-    )
+
+    async def reply_with(file_name: str, caption: str) -> dict[str, Any]:
+        return await tg.send_document(
+            ROADS_STAFF, file_name=file_name, caption=caption, chat_id=ROADS_CHAT, reply_to=card["message_id"]
+        )
+
+    sent = await reply_with("акт осмотра.pdf", "Акт осмотра")
     answer = await both.says(ANNA, "Акт осмотра")
     [doc] = [a["doc"] for a in answer["attachments"] if a["type"] == "doc"]
     assert doc["title"] == "акт осмотра.pdf"
     assert vk.docs[doc["id"]]["content"] == tg.file_bytes(sent["document"]["file_id"])
 
     # A file VK does not take: the words still go, without it.
-    await tg.send_document(
-        ROADS_STAFF,
-        file_name="setup.exe",
-        caption="Программа",
-        chat_id=ROADS_CHAT,
-        reply_to=card["message_id"],
-    )
+    await reply_with("setup.exe", "Программа")
     answer = await both.says(ANNA, "Программа")
     assert answer["attachments"] == []
     assert len(vk.docs) == 1
