@@ -492,13 +492,7 @@ class Repository:
 
     async def outbox_move_chat(self, platform: Platform, old_chat_id: int, new_chat_id: int) -> None:
         await self.conn.execute(
-            outbox.update()
-            .where(
-                outbox.c.platform == platform.value,
-                outbox.c.chat_id == old_chat_id,
-                outbox.c.status == "pending",
-            )
-            .values(chat_id=new_chat_id)
+            outbox.update().where(*_pending_in(platform, old_chat_id)).values(chat_id=new_chat_id)
         )
 
     # updates and conversation state

@@ -129,6 +129,9 @@ message_links = sa.Table(
     sa.UniqueConstraint("platform", "chat_id", "message_id"),
 )
 
+# The rows of the outbox still to send (the condition of its partial index).
+_PENDING = sa.text("status = 'pending'")
+
 outbox = sa.Table(
     "outbox",
     metadata,
@@ -160,8 +163,8 @@ outbox = sa.Table(
         "platform",
         "chat_id",
         "id",
-        sqlite_where=sa.text("status = 'pending'"),
-        postgresql_where=sa.text("status = 'pending'"),
+        sqlite_where=_PENDING,
+        postgresql_where=_PENDING,
     ),
 )
 
