@@ -57,14 +57,7 @@ class BenchTelegram(FakeTelegram):
             return stored
         now = time.perf_counter()
         self.sent.append((now, chat_id))
-        watches = self._watches.get(chat_id)
-        if watches:
-            for watch in list(watches):
-                if watch.future.done():
-                    watches.remove(watch)
-                elif watch.predicate(stored):
-                    watch.future.set_result((now, stored))
-                    watches.remove(watch)
+        self._wake_watches(chat_id, stored, now)
         if self._count_waiters:
             total = len(self.sent)
             for entry in list(self._count_waiters):
@@ -74,6 +67,23 @@ class BenchTelegram(FakeTelegram):
                         future.set_result(now)
                     self._count_waiters.remove(entry)
         return stored
+
+    def _apply_edit(self, message: JSON, changes: JSON, markup: JSON) -> JSON:
+        # An edited message may be what someone waits for (a prompt edited into the next step); it is
+        # not a message sent.
+        edited = super()._apply_edit(message, changes, markup)
+        self._wake_watches(edited["chat"]["id"], edited, time.perf_counter())
+        return edited
+
+    def _wake_watches(self, chat_id: int, message: JSON, now: float) -> None:
+        watches = self._watches.get(chat_id)
+        if watches:
+            for watch in list(watches):
+                if watch.future.done():
+                    watches.remove(watch)
+                elif watch.predicate(message):
+                    watch.future.set_result((now, message))
+                    watches.remove(watch)
 
     def expect(self, chat_id: int, predicate: Callable[[JSON], bool]) -> asyncio.Future[tuple[float, JSON]]:
         """A future for the next bot message in the chat that matches: (when it was stored, the message)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from bot.config import Routing
@@ -29,6 +29,10 @@ from bot.i18n import SUPPORTED, Html, Translator
 from bot.messages import Button, Outgoing, Ref, draft_from_json, draft_to_json
 from bot.tickets import TicketService
 
+# Where a pressed prompt is edited into the next step. A VK button event names its message by the
+# conversation's own numbering, not by the id that sending returned and that edits here go by, so on VK
+# each step stays a message of its own.
+EDITS_IN_PLACE = frozenset({Platform.telegram})
 NUMBER = re.compile(r"^\s*#?[A-Za-z]{0,8}(\d{1,12})\s*$")
 
 
@@ -193,8 +197,13 @@ class CitizenDialog:
                 await self._say_in(u, who, citizen, note, limit=limit)
             await self._advance(u, who, citizen, draft)
 
-    async def _advance(self, u: Unit, who: Person, citizen: Citizen, draft: Draft) -> None:
-        """Save the draft and ask for the first thing it still lacks."""
+    async def _advance(
+        self, u: Unit, who: Person, citizen: Citizen, draft: Draft, pressed: int | None = None
+    ) -> None:
+        """Save the draft and ask for the first thing it still lacks. `pressed`: the prompt whose button
+        brought the dialog here, which becomes the next step where the platform edits in place (the
+        citizen is looking at it, and the chat keeps one prompt instead of a trail of them); elsewhere its
+        buttons come off and the next step follows it."""
         locale = citizen.locale
         cancel = [Button(self.t.get(locale, "button.cancel"), "d:cancel")]
         if draft.category_id is None:
@@ -222,6 +231,10 @@ class CitizenDialog:
                 buttons=[[Button(self.t.get(locale, "button.confirm"), "d:confirm")], cancel],
             )
         await u.repo.save_conversation(who.platform, who.chat_id, {"draft": draft_to_json(draft)}, u.now)
+        if pressed is not None and who.platform in EDITS_IN_PLACE:
+            message = replace(message, edit=Ref(message_id=pressed), or_send=True)
+        elif pressed is not None:
+            await self._close_keyboard(u, who, pressed)
         await u.send(who.platform, who.chat_id, message)
 
     def _categories(self, locale: str) -> list[list[Button]]:
@@ -285,11 +298,16 @@ class CitizenDialog:
                 self.routing.category(value)
             except KeyError:
                 return self.t.get(locale, "toast.unknown_button")
+            current = draft is None or draft.step == "category"
             draft = draft or Draft()
             draft.category_id = value
             async with self.outbox.unit() as u:
-                await self._close_keyboard(u, who, message_id)
-                await self._advance(u, who, citizen, draft)
+                if current:
+                    await self._advance(u, who, citizen, draft, pressed=message_id)
+                else:
+                    # A category changed from an earlier prompt: the next step goes below the newest.
+                    await self._close_keyboard(u, who, message_id)
+                    await self._advance(u, who, citizen, draft)
             return self.render.category(locale, value)
         if kind == "d" and value == "cancel":
             await self._cancel(who, citizen, message_id)
@@ -305,8 +323,7 @@ class CitizenDialog:
                 return self.t.get(locale, "toast.unknown_button")
             draft.location_done = True
             async with self.outbox.unit() as u:
-                await self._close_keyboard(u, who, message_id)
-                await self._advance(u, who, citizen, draft)
+                await self._advance(u, who, citizen, draft, pressed=message_id)
             return ""
         if await self._refuse_over_limit(who, citizen):
             return self.t.get(locale, "toast.limit")

@@ -5,7 +5,7 @@ Outbox rows carry these as JSON; each platform's messenger turns them into API c
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from bot.domain import Action, Attachment, Draft, MediaKind, Platform, TicketStatus
@@ -42,6 +42,8 @@ class Outgoing:
     # Edit this message in place instead of sending a new one; `buttons_only` keeps its text.
     edit: Ref | None = None
     buttons_only: bool = False
+    # An edit the platform refuses (the message is gone, or too old to edit) goes as a new message.
+    or_send: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -61,7 +63,12 @@ class Outgoing:
             force_reply=data.get("force_reply", False),
             edit=Ref(**data["edit"]) if data.get("edit") else None,
             buttons_only=data.get("buttons_only", False),
+            or_send=data.get("or_send", False),
         )
+
+    def as_new(self) -> Outgoing:
+        """This edit as a message of its own."""
+        return replace(self, edit=None, buttons_only=False, or_send=False)
 
 
 def attachment_to_json(a: Attachment) -> dict[str, str]:

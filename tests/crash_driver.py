@@ -252,7 +252,8 @@ class Citizen:
                 self.repeats += 1
                 await self.tg.press(self.user_id, current, data)
 
-        return await self._reply(seen, wanted, what, again)
+        # The prompt pressed may itself become the next step (edited in place).
+        return await self._reply(min(seen, message["message_id"] - 1), wanted, what, again)
 
     async def _reply(
         self,

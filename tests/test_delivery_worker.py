@@ -47,6 +47,9 @@ class RecordingMessenger:
         return [self.next_id]
 
     async def edit(self, chat_id: int, message_id: int, message: Outgoing) -> None:
+        queue = self.failures.get(message.text)
+        if queue:
+            raise queue.pop(0)
         self.edits.append((chat_id, message_id, message.text))
 
 
@@ -273,6 +276,34 @@ async def test_sent_messages_are_linked_so_replies_and_edits_find_them(
     assert messenger.edits == [(1, card_id, "card v2")]
     async with outbox.read() as repo:
         assert await repo.linked_ticket(Platform.telegram, 1, card_id) == (ticket.id, "card")
+
+
+async def test_an_edit_that_cannot_be_made_goes_as_a_new_message_where_the_message_asks(
+    db: Database, clock: ManualClock
+) -> None:
+    outbox, messenger, worker = make(db, clock)
+    messenger.failures["next step"] = [PermanentError("bad_request", "Bad Request: message can't be edited")]
+    messenger.failures["card v2"] = [PermanentError("bad_request", "Bad Request: message to edit not found")]
+    messenger.failures["to a blocker"] = [PermanentError("blocked", "Forbidden: bot was blocked by the user")]
+    await queue(
+        outbox,
+        1,
+        Outgoing("next step", edit=Ref(message_id=5), or_send=True),
+        Outgoing("card v2", edit=Ref(message_id=6)),
+        # Its message was never sent: nothing to edit, so the words go on their own.
+        Outgoing("never sent", edit=Ref(ticket_id=1, role="prompt"), or_send=True),
+    )
+    await queue(outbox, 2, Outgoing("to a blocker", edit=Ref(message_id=7), or_send=True))
+    assert await worker.deliver_due() == 4
+    assert messenger.sent == [(1, "next step", None), (1, "never sent", None)]
+    assert messenger.edits == []
+    # A chat that blocked the bot takes no new message either.
+    assert await statuses(db) == [
+        ("next step", "sent"),
+        ("card v2", "failed"),
+        ("never sent", "sent"),
+        ("to a blocker", "failed"),
+    ]
 
 
 class TwoPartMessenger(RecordingMessenger):

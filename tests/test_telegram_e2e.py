@@ -105,6 +105,39 @@ async def test_quick_path_asks_only_for_what_is_missing(world: World) -> None:
     assert "ул. Садовая, 7" in card["text"]
 
 
+async def test_a_pressed_prompt_becomes_the_next_step(world: World) -> None:
+    """The prompt a citizen presses is edited into the next step, so the chat keeps one prompt, not a
+    trail of them; what the citizen types is answered below it."""
+    tg = world.tg
+    await tg.send_command(ALICE, "/new")
+    categories = await world.last_buttons_message(ALICE, "c:")
+    await tg.press(ALICE, categories, "c:potholes")
+    describe = await world.last_buttons_message(ALICE, "d:cancel", only=True)
+    assert describe["message_id"] == categories["message_id"]
+    category = world.app.tickets.render.category("ru", "potholes")
+    assert describe["text"] == plain(world.t.render("ru", "dialog.describe", category=category))
+    await tg.send_text(ALICE, "Яма у дома 7")
+    location = await world.last_buttons_message(ALICE, "d:skip")
+    assert location["message_id"] > describe["message_id"]
+    await tg.press(ALICE, location, "d:skip")
+    summary = await world.last_buttons_message(ALICE, "d:confirm")
+    assert summary["message_id"] == location["message_id"] and "Яма у дома 7" in summary["text"]
+    assert len(tg.bot_messages(ALICE)) == 2
+    assert tg.calls("editMessageReplyMarkup") == []
+
+
+async def test_a_prompt_that_can_no_longer_be_edited_is_followed_by_a_new_one(world: World) -> None:
+    tg = world.tg
+    await tg.send_command(ALICE, "/new")
+    categories = await world.last_buttons_message(ALICE, "c:")
+    tg.fail_next("editMessageText", error_code=400, description="Bad Request: message can't be edited")
+    await tg.press(ALICE, categories, "c:potholes")
+    describe = await world.last_buttons_message(ALICE, "d:cancel", only=True)
+    assert describe["message_id"] > categories["message_id"]
+    await tg.send_text(ALICE, "Яма у дома 7")
+    await world.last_buttons_message(ALICE, "d:skip")
+
+
 async def test_need_info_round_trip(world: World) -> None:
     tg = world.tg
     number = await world.file_report(ALICE)

@@ -304,27 +304,25 @@ class DeliveryWorker:
 
     async def _deliver(self, row: Any) -> bool:
         platform = Platform(row.platform)
-        messenger = self.messengers[platform]
         message = Outgoing.from_json(row.payload)
         try:
             target, reply_to = await self._targets(platform, row.chat_id, message)
             if message.edit is not None and target is None:
-                await self._fail(row, "the message to edit was never sent")
-                return True
-            # This instance's windows, then those shared with the other instances when Redis is set.
-            permit = await self.limiter.acquire_shared(platform, row.chat_id, cost(platform, message))
-            if not permit.granted:
-                # Not a failed try: the row keeps its next_attempt_at and attempts as they are.
-                self._hold(permit.wait)
-                return False
+                if not message.or_send:
+                    await self._fail(row, "the message to edit was never sent")
+                    return True
+                message = message.as_new()
             try:
-                if target is None:  # only an edit has a target, and an edit without one failed above
-                    ids = await messenger.send(row.chat_id, message, reply_to, row.id, self._progress(row))
-                else:
-                    await messenger.edit(row.chat_id, target, message)
-                    ids = []
-            finally:
-                permit.finish()
+                ids = await self._put(row, message, target, reply_to)
+            except PermanentError as error:
+                if target is None or not message.or_send or error.reason in UNREACHABLE_REASONS:
+                    raise
+                # The message to edit is gone or can no longer be edited: the words go as a new one.
+                log.info("outbox %s: edit refused (%s), sent as a new message", row.id, error)
+                message, target = message.as_new(), None
+                ids = await self._put(row, message, target, reply_to)
+            if ids is None:
+                return False
         except RetryAfter as error:
             self._count("retry_after")
             await self._retry(row, timedelta(seconds=error.seconds), str(error), count=False)
@@ -357,6 +355,27 @@ class DeliveryWorker:
             return False
         await self._sent(row, platform, message, ids)
         return True
+
+    async def _put(
+        self, row: Any, message: Outgoing, target: int | None, reply_to: int | None
+    ) -> list[int] | None:
+        """Send the message (or, given a target, edit that one) as the limits allow; returns the ids
+        sent, or None if the limits hold the chat back, which is not a failed try: the row keeps its
+        next_attempt_at and attempts as they are."""
+        platform = Platform(row.platform)
+        # This instance's windows, then those shared with the other instances when Redis is set.
+        permit = await self.limiter.acquire_shared(platform, row.chat_id, cost(platform, message))
+        if not permit.granted:
+            self._hold(permit.wait)
+            return None
+        try:
+            messenger = self.messengers[platform]
+            if target is None:
+                return await messenger.send(row.chat_id, message, reply_to, row.id, self._progress(row))
+            await messenger.edit(row.chat_id, target, message)
+            return []
+        finally:
+            permit.finish()
 
     def _progress(self, row: Any) -> Progress:
         async def save(done: dict[str, list[int]]) -> None:
