@@ -2,9 +2,10 @@
 bot queues them), then the bot started against a fake that answers 429 to whatever exceeds the limits.
 
 Two runs: status messages to many citizens (the global 30/s binds), and ticket cards with a photo to one
-agency group (the per-group limit binds). The bot's limit per group is set in messages per minute over a
-60 s window (`TELEGRAM_GROUP_RATE`, see bot/delivery/limits.py); Telegram's 20/min would make 200 cards
-take ten minutes, so the bot and the fake are both set to the same higher per-minute value.
+agency group (the per-group limit binds; a card with one photo is one message, that photo with the
+card's text as its caption). The bot's limit per group is set in messages per minute over a 60 s window
+(`TELEGRAM_GROUP_RATE`, see bot/delivery/limits.py); Telegram's 20/min would make 200 cards take ten
+minutes, so the bot and the fake are both set to the same higher per-minute value.
 
 achieved / allowed = the shortest first-to-last span the limits allow for these sends (every send as
 early as its windows let it) ÷ the measured span. 1.0 is a sender that never leaves room unused.
@@ -12,6 +13,7 @@ early as its windows let it) ÷ the measured span. 1.0 is a sender that never le
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,9 +34,11 @@ from bench.harness import (
     sqlite_url,
 )
 from bot.clock import SystemClock
+from bot.delivery.limits import telegram_cost
 from bot.delivery.outbox import Outbox
 from bot.domain import Attachment, MediaKind, Platform, Ticket, TicketStatus
 from bot.i18n import Translator
+from bot.messages import Outgoing
 from bot.tickets import TicketService
 from storage.db import Database
 
@@ -57,6 +61,7 @@ class Delivery:
     duplicates: int
     not_sent_rows: int
     group_rate: int
+    in_group: int  # of `expected`, the messages to the group
 
     @property
     def efficiency(self) -> float:
@@ -113,7 +118,7 @@ async def _queue_statuses(database: Path, citizens: Sequence[int]) -> None:
 
 
 async def _queue_cards(database: Path, numbers: Sequence[int]) -> None:
-    """A fresh card (photo, then text with buttons) of each ticket in the agency's group: `/card N`."""
+    """A fresh card of each ticket in the agency's group: `/card N`."""
     db = Database(sqlite_url(database))
     rules = routing()
     service = TicketService(Outbox(db, SystemClock()), rules, Translator(default=rules.default_locale))
@@ -146,7 +151,8 @@ async def _deliver(workdir: Path, name: str, statuses: int, cards: int, group_ra
     made = await _prepare(database, filers, photos=True)
     await _queue_statuses(database, people)
     await _queue_cards(database, [number for _, number in made])
-    expected = statuses + 2 * cards  # a card is its photo, then its text
+    in_group = _queued_messages(database, ROADS_CHAT)
+    expected = statuses + in_group
     saved_limit = fake_telegram.GROUP_LIMIT, fake_telegram.GROUP_WINDOW
     # The fake enforces the same per-group limit the bot is told to keep.
     fake_telegram.GROUP_LIMIT, fake_telegram.GROUP_WINDOW = group_rate, GROUP_WINDOW
@@ -176,12 +182,12 @@ async def _deliver(workdir: Path, name: str, statuses: int, cards: int, group_ra
             chats = [chat for _, chat in tg.sent]
             times = [at for at, _ in tg.sent]
             per_citizen = [len(tg.bot_messages(user_id)) for user_id in people]
-            in_group = len(tg.bot_messages(ROADS_CHAT))
+            got_in_group = len(tg.bot_messages(ROADS_CHAT))
             too_many = tg.stats.too_many_requests
     finally:
         fake_telegram.GROUP_LIMIT, fake_telegram.GROUP_WINDOW = saved_limit
-    lost = sum(1 for n in per_citizen if n < 1) + max(0, 2 * cards - in_group)
-    duplicates = sum(max(0, n - 1) for n in per_citizen) + max(0, in_group - 2 * cards)
+    lost = sum(1 for n in per_citizen if n < 1) + max(0, in_group - got_in_group)
+    duplicates = sum(max(0, n - 1) for n in per_citizen) + max(0, got_in_group - in_group)
     not_sent = query(database, "SELECT count(*) FROM outbox WHERE status != 'sent'")[0][0]
     return Delivery(
         what=name,
@@ -194,7 +200,14 @@ async def _deliver(workdir: Path, name: str, statuses: int, cards: int, group_ra
         duplicates=duplicates,
         not_sent_rows=int(not_sent),
         group_rate=group_rate,
+        in_group=in_group,
     )
+
+
+def _queued_messages(database: Path, chat_id: int) -> int:
+    """How many messages the rows queued for a chat put into it."""
+    rows = query(database, "SELECT payload FROM outbox WHERE chat_id = ?", chat_id)
+    return sum(telegram_cost(Outgoing.from_json(json.loads(payload))) for (payload,) in rows)
 
 
 async def run(
@@ -204,7 +217,7 @@ async def run(
     section = Section("delivery under limits")
     started = time.perf_counter()
     statuses = f"{citizens:,} status messages to {citizens:,} citizens"
-    group = f"{cards} cards (photo + text) to one group"
+    group = f"{cards} cards with a photo to one group"
     if together:
         runs = [(f"{statuses} + {group}", await _deliver(workdir, "mixed", citizens, cards, group_rate))]
     else:
@@ -224,7 +237,7 @@ async def run(
         )
         missing = result.lost + result.not_sent_rows
         section.add(f"{label}: lost", missing, "", aim="0", ok=missing == 0)
-    group_binds = 2 * cards > group_rate
+    group_binds = any(result.in_group > group_rate for _, result in runs)
     section.notes.append(
         f"Fake enforces 30/s in all, 1/s per private chat and {group_rate} per {GROUP_WINDOW:.0f} s per "
         f"group; the bot is set to the same (TELEGRAM_GROUP_RATE={group_rate}, per minute: Telegram's 20 "

@@ -15,6 +15,7 @@ from bot.config import Routing
 from bot.delivery.base import Progress
 from bot.delivery.limits import Permit, RateLimiter, Rates, Window, cost, telegram_cost, vk_cost
 from bot.delivery.outbox import Outbox
+from bot.delivery.telegram import CAPTION_LIMIT, CAPTION_SPARE
 from bot.delivery.worker import DeliveryWorker
 from bot.domain import Attachment, MediaKind, Platform
 from bot.messages import Button, Outgoing, Ref
@@ -84,6 +85,17 @@ def test_photos_with_buttons_or_a_long_text_cost_the_text_too() -> None:
     assert telegram_cost(Outgoing("ask", photos=photos(2), force_reply=True)) == 3
     assert telegram_cost(Outgoing("y" * 1025, photos=photos(2))) == 3
     assert telegram_cost(Outgoing("word " * 2000, photos=photos(2), buttons=buttons)) == 5
+
+
+def test_one_photo_carries_a_text_with_buttons_that_leaves_room_for_edits() -> None:
+    buttons = [[Button("Take", "t:take:1:new")]]
+    assert telegram_cost(Outgoing("card", photos=photos(1), buttons=buttons)) == 1
+    assert (
+        telegram_cost(Outgoing("y" * (CAPTION_LIMIT - CAPTION_SPARE), photos=photos(1), buttons=buttons)) == 1
+    )
+    assert telegram_cost(Outgoing("y" * 900, photos=photos(1), buttons=buttons)) == 2
+    document = Attachment(MediaKind.document, TG, "doc-1", name="act.pdf")
+    assert telegram_cost(Outgoing("card", photos=[document], buttons=buttons)) == 2
 
 
 def test_an_edit_costs_one_telegram_call() -> None:

@@ -7,7 +7,7 @@ import html
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.delivery.telegram import split_text
+from bot.delivery.telegram import CAPTION_LIMIT, fit_caption, split_text
 from tests.fakes.html_check import parse_html
 
 
@@ -30,3 +30,12 @@ def test_escaped_user_text_splits_into_valid_parts_that_add_up(user_text: str) -
         parse_html(part)  # raises on a broken tag or entity
     joined = "".join(parts)
     assert joined.replace("\n", "").replace(" ", "") == text.replace("\n", "").replace(" ", "")
+
+
+def test_a_caption_made_too_long_by_an_edit_is_cut_to_fit() -> None:
+    card = "<b>#T1</b> Дороги\n" + "\n".join(f"строка {n} " + "слово " * 10 for n in range(30))
+    fitted = fit_caption(card)
+    assert len(fitted.encode("utf-16-le")) // 2 <= CAPTION_LIMIT
+    assert fitted.startswith("<b>#T1</b> Дороги\n") and fitted.endswith("…")
+    parse_html(fitted)
+    assert fit_caption("<b>#T1</b> short") == "<b>#T1</b> short"

@@ -60,14 +60,15 @@ async def test_report_reaches_the_agency_card_and_the_answer_comes_back(world: W
     assert deadline in registered["text"]
 
     card = await world.card(ROADS_CHAT, 1)
-    assert "<b>5 & 6</b> — яма во дворе" in card["text"]
+    # One photo: the card is that photo, with the card's text as its caption and the buttons under it.
+    assert tg.bot_messages(ROADS_CHAT) == [card]
+    assert "<b>5 & 6</b> — яма во дворе" in card["caption"]
     assert card["_html"].count("&lt;b&gt;5 &amp; 6&lt;/b&gt;") == 1
-    assert "Алиса" not in card["text"] and "Секретова" not in card["text"] and str(ALICE) not in card["text"]
+    caption = card["caption"]
+    assert "Алиса" not in caption and "Секретова" not in caption and str(ALICE) not in caption
     assert tg.button_data(card) == ["t:take:1:new", "t:ask:1:new", "t:res:1:new", "t:rej:1:new", "t:tr:1:new"]
-    photos = [m for m in tg.bot_messages(ROADS_CHAT) if m.get("photo")]
-    assert len(photos) == 1 and photos[0]["caption"] == "#T1"
     sent_by_alice = [m for m in tg.messages(ALICE) if m.get("photo") and m["from"]["id"] == ALICE]
-    assert photos[0]["photo"][-1]["file_unique_id"] == sent_by_alice[0]["photo"][-1]["file_unique_id"]
+    assert card["photo"][-1]["file_unique_id"] == sent_by_alice[0]["photo"][-1]["file_unique_id"]
 
     await tg.send_text(ROADS_STAFF, "Засыплем завтра утром", chat_id=ROADS_CHAT, reply_to=card["message_id"])
     answer = await world.bot_says(ALICE, lambda m: "Засыплем завтра утром" in (m.get("text") or ""))
@@ -80,6 +81,12 @@ async def test_report_reaches_the_agency_card_and_the_answer_comes_back(world: W
     assert forwarded["reply_to_message"]["message_id"] == card["message_id"]
     assert "#T1" in forwarded["text"]
 
+    # Taken: the caption shows the new status, the buttons follow it, and the photo stays.
+    await tg.press(ROADS_STAFF, card, "t:take:1:new")
+    taken = await world.card_shows(ROADS_CHAT, 1, TicketStatus.in_progress)
+    assert taken["message_id"] == card["message_id"] and taken["photo"] == card["photo"]
+    assert "<b>5 & 6</b> — яма во дворе" in taken["caption"]
+
 
 async def test_an_album_is_one_report_with_all_its_photos(world: World) -> None:
     number = await world.file_report(ALICE, photos=4, text="Мусор не вывозят неделю", category="garbage")
@@ -89,6 +96,16 @@ async def test_an_album_is_one_report_with_all_its_photos(world: World) -> None:
     album = [m for m in world.tg.bot_messages(WASTE_CHAT) if m.get("photo")]
     assert len(album) == 4 and len({m["media_group_id"] for m in album}) == 1
     assert await world.ticket_count() == 1
+
+
+async def test_a_photo_with_a_long_description_comes_before_its_card(world: World) -> None:
+    """A card too long for a caption is a text message of its own, under the photo it tags."""
+    text = "Провал асфальта у остановки. " * 30
+    number = await world.file_report(ALICE, photos=1, text=text)
+    card = await world.card(ROADS_CHAT, number)
+    assert text.strip() in card["text"] and world.tg.button_data(card)
+    photo, *rest = world.tg.bot_messages(ROADS_CHAT)
+    assert photo["caption"] == f"#T{number}" and rest == [card]
 
 
 async def test_quick_path_asks_only_for_what_is_missing(world: World) -> None:

@@ -23,7 +23,7 @@ from bot.domain import Platform
 from bot.messages import Outgoing
 
 from .shared_limits import SharedLimits, SharedWindow
-from .telegram import CAPTION_LIMIT, split_text
+from .telegram import in_caption, split_text
 from .vk_text import html_to_text, split_plain
 
 Monotonic = Callable[[], float]
@@ -45,8 +45,7 @@ def telegram_cost(message: Outgoing) -> int:
     photos = min(len(message.photos), TELEGRAM_ALBUM_LIMIT)
     if not photos:
         return texts
-    has_markup = bool(message.buttons) or message.force_reply
-    if not has_markup and len(message.text) <= CAPTION_LIMIT:
+    if in_caption(message):
         return photos  # the text rides on the photos as their caption
     return photos + texts
 

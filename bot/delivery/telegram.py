@@ -38,6 +38,9 @@ from .base import ChatMigrated, PermanentError, Progress, RetryAfter, TransientE
 
 CAPTION_LIMIT = 1024
 TEXT_LIMIT = 4096
+# Room a caption with buttons leaves for what its edits may add (a card's status, where it went).
+CAPTION_SPARE = 200
+NO_TEXT = "there is no text in the message to edit"
 T = TypeVar("T")
 
 
@@ -126,9 +129,8 @@ class TelegramMessenger:
         markup = _markup(message)
         if not message.photos:
             return await self._text(chat_id, message.text, markup, reply, progress)
-        if markup is None and len(message.text) <= CAPTION_LIMIT:
-            # Short text and no buttons: the photos carry it as their caption, one message in the chat.
-            return await self._photos(chat_id, message.photos, message.text, reply, progress)
+        if in_caption(message):
+            return await self._photos(chat_id, message.photos, message.text, reply, progress, markup)
         # Photos first, then the text with its buttons below them: the text is the message staff act on.
         photo_ids = await self._photos(chat_id, message.photos, message.photo_caption, reply, progress)
         text_ids = await self._text(chat_id, message.text, markup, reply, progress)
@@ -165,12 +167,16 @@ class TelegramMessenger:
         caption: str,
         reply: ReplyParameters | None,
         progress: Progress,
+        markup: InlineKeyboardMarkup | ForceReply | None = None,
     ) -> list[int]:
+        """The photos (with `caption`) and documents; `markup` only for a single photo."""
         documents = [a for a in photos if a.kind is MediaKind.document]
         photos = [a for a in photos if a.kind is not MediaKind.document]
         ids: list[int] = []
         if photos:
-            ids += await progress.part("album", partial(self._album, chat_id, photos, caption, reply))
+            album = partial(self._album, chat_id, photos, caption, reply, markup)
+            # Named apart from a bare album, whose text (and buttons) would still be to send.
+            ids += await progress.part("album" if markup is None else "captioned", album)
         for index, document in enumerate(documents):
 
             async def send_document(document: Attachment = document) -> list[int]:
@@ -188,13 +194,23 @@ class TelegramMessenger:
         return ids
 
     async def _album(
-        self, chat_id: int, photos: list[Attachment], caption: str, reply: ReplyParameters | None
+        self,
+        chat_id: int,
+        photos: list[Attachment],
+        caption: str,
+        reply: ReplyParameters | None,
+        markup: InlineKeyboardMarkup | ForceReply | None,
     ) -> list[int]:
         files = [await self._file(photo) for photo in photos[:10]]
         if len(files) == 1:
             return await _ids(
                 partial(
-                    self.bot.send_photo, chat_id, files[0], caption=caption or None, reply_parameters=reply
+                    self.bot.send_photo,
+                    chat_id,
+                    files[0],
+                    caption=caption or None,
+                    reply_parameters=reply,
+                    reply_markup=markup,
                 )
             )
         media: list[MediaUnion] = [
@@ -221,18 +237,50 @@ class TelegramMessenger:
                     )
                 )
             else:
-                await _call(
-                    lambda: self.bot.edit_message_text(
-                        text=message.text,
-                        chat_id=chat_id,
-                        message_id=message_id,
-                        reply_markup=inline,
-                        link_preview_options=LinkPreviewOptions(is_disabled=True),
+                try:
+                    await _call(
+                        lambda: self.bot.edit_message_text(
+                            text=message.text,
+                            chat_id=chat_id,
+                            message_id=message_id,
+                            reply_markup=inline,
+                            link_preview_options=LinkPreviewOptions(is_disabled=True),
+                        )
                     )
-                )
+                except PermanentError as error:
+                    if NO_TEXT not in str(error):
+                        raise
+                    # Sent as a photo's caption (see in_caption): the caption is the text to edit.
+                    await _call(
+                        lambda: self.bot.edit_message_caption(
+                            chat_id=chat_id,
+                            message_id=message_id,
+                            caption=fit_caption(message.text),
+                            reply_markup=inline,
+                        )
+                    )
         except PermanentError as error:
             if "message is not modified" not in str(error):
                 raise
+
+
+def in_caption(message: Outgoing) -> bool:
+    """Whether the text goes as the caption of the photos rather than as a message after them: a short
+    text without buttons on any photos; with buttons, on a single photo (an album takes no buttons),
+    leaving room for edits. One message instead of two, in chats limited to 20 a minute."""
+    if not message.photos or message.force_reply:
+        return False
+    if not message.buttons:
+        return _units(message.text) <= CAPTION_LIMIT
+    if len(message.photos) > 1 or message.photos[0].kind is not MediaKind.photo:
+        return False
+    return _units(message.text) <= CAPTION_LIMIT - CAPTION_SPARE
+
+
+def fit_caption(text: str) -> str:
+    """The text, cut to a caption's length if an edit made it longer than one."""
+    parts = split_text(text, CAPTION_LIMIT - 1)
+    return parts[0] if len(parts) == 1 else parts[0] + "…"
 
 
 def _markup(message: Outgoing) -> InlineKeyboardMarkup | ForceReply | None:
