@@ -29,10 +29,6 @@ from bot.i18n import SUPPORTED, Html, Translator
 from bot.messages import Button, Outgoing, Ref, draft_from_json, draft_to_json
 from bot.tickets import TicketService
 
-# Where a pressed prompt is edited into the next step. A VK button event names its message by the
-# conversation's own numbering, not by the id that sending returned and that edits here go by, so on VK
-# each step stays a message of its own.
-EDITS_IN_PLACE = frozenset({Platform.telegram})
 NUMBER = re.compile(r"^\s*#?[A-Za-z]{0,8}(\d{1,12})\s*$")
 
 
@@ -107,12 +103,13 @@ class CitizenDialog:
             citizen = await self._citizen(who)
             await self._message(incoming, citizen)
 
-    async def press(self, who: Person, data: str, message_id: int) -> str:
-        """A button in the citizen's chat; returns the short text for the button's answer."""
+    async def press(self, who: Person, data: str, pressed: Ref) -> str:
+        """A button on the message `pressed` in the citizen's chat; returns the short text for the
+        button's answer."""
         async with self._locks[(who.platform, who.chat_id)]:
             citizen = await self._citizen(who)
             try:
-                return await self._press(who, citizen, data, message_id)
+                return await self._press(who, citizen, data, pressed)
             except DomainError as error:
                 return self.t.get(citizen.locale, error.key)
 
@@ -198,12 +195,11 @@ class CitizenDialog:
             await self._advance(u, who, citizen, draft)
 
     async def _advance(
-        self, u: Unit, who: Person, citizen: Citizen, draft: Draft, pressed: int | None = None
+        self, u: Unit, who: Person, citizen: Citizen, draft: Draft, pressed: Ref | None = None
     ) -> None:
         """Save the draft and ask for the first thing it still lacks. `pressed`: the prompt whose button
-        brought the dialog here, which becomes the next step where the platform edits in place (the
-        citizen is looking at it, and the chat keeps one prompt instead of a trail of them); elsewhere its
-        buttons come off and the next step follows it."""
+        brought the dialog here, which becomes the next step (the citizen is looking at it, and the chat
+        keeps one prompt instead of a trail of them), or is followed by it if it can no longer be edited."""
         locale = citizen.locale
         cancel = [Button(self.t.get(locale, "button.cancel"), "d:cancel")]
         if draft.category_id is None:
@@ -231,11 +227,7 @@ class CitizenDialog:
                 buttons=[[Button(self.t.get(locale, "button.confirm"), "d:confirm")], cancel],
             )
         await u.repo.save_conversation(who.platform, who.chat_id, {"draft": draft_to_json(draft)}, u.now)
-        if pressed is not None and who.platform in EDITS_IN_PLACE:
-            message = replace(message, edit=Ref(message_id=pressed), or_send=True)
-        elif pressed is not None:
-            await self._close_keyboard(u, who, pressed)
-        await u.send(who.platform, who.chat_id, message)
+        await u.send(who.platform, who.chat_id, _in_place_of(pressed, message))
 
     def _categories(self, locale: str) -> list[list[Button]]:
         buttons = [
@@ -272,7 +264,7 @@ class CitizenDialog:
 
     # -- buttons
 
-    async def _press(self, who: Person, citizen: Citizen, data: str, message_id: int) -> str:
+    async def _press(self, who: Person, citizen: Citizen, data: str, pressed: Ref) -> str:
         kind, _, value = data.partition(":")
         locale = citizen.locale
         if kind == "m":
@@ -303,14 +295,14 @@ class CitizenDialog:
             draft.category_id = value
             async with self.outbox.unit() as u:
                 if current:
-                    await self._advance(u, who, citizen, draft, pressed=message_id)
+                    await self._advance(u, who, citizen, draft, pressed=pressed)
                 else:
                     # A category changed from an earlier prompt: the next step goes below the newest.
-                    await self._close_keyboard(u, who, message_id)
+                    await self._close_keyboard(u, who, pressed)
                     await self._advance(u, who, citizen, draft)
             return self.render.category(locale, value)
         if kind == "d" and value == "cancel":
-            await self._cancel(who, citizen, message_id)
+            await self._cancel(who, citizen, pressed)
             return ""
         if kind != "d" or value not in ("skip", "confirm"):
             return self.t.get(locale, "toast.unknown_button")
@@ -323,22 +315,20 @@ class CitizenDialog:
                 return self.t.get(locale, "toast.unknown_button")
             draft.location_done = True
             async with self.outbox.unit() as u:
-                await self._advance(u, who, citizen, draft, pressed=message_id)
+                await self._advance(u, who, citizen, draft, pressed=pressed)
             return ""
         if await self._refuse_over_limit(who, citizen):
             return self.t.get(locale, "toast.limit")
         ticket = await self.tickets.open_ticket(
-            citizen, who.chat_id, also=lambda u: self._close_keyboard(u, who, message_id)
+            citizen, who.chat_id, also=lambda u: self._close_keyboard(u, who, pressed)
         )
         if ticket is None:
             return self.t.get(locale, "toast.nothing_to_confirm")
         return self.t.get(locale, "toast.registered")
 
-    async def _close_keyboard(self, u: Unit, who: Person, message_id: int) -> None:
+    async def _close_keyboard(self, u: Unit, who: Person, pressed: Ref) -> None:
         """Take the buttons off a step that is done, so an old keyboard cannot be pressed twice."""
-        await u.send(
-            who.platform, who.chat_id, Outgoing("", edit=Ref(message_id=message_id), buttons_only=True)
-        )
+        await u.send(who.platform, who.chat_id, Outgoing("", edit=pressed, buttons_only=True))
 
     # -- commands
 
@@ -347,10 +337,12 @@ class CitizenDialog:
             await u.repo.save_conversation(who.platform, who.chat_id, None, u.now)
             await self._menu(u, who, citizen, "dialog.greeting")
 
-    async def _menu(self, u: Unit, who: Person, citizen: Citizen, key: str) -> None:
+    async def _menu(
+        self, u: Unit, who: Person, citizen: Citizen, key: str, pressed: Ref | None = None
+    ) -> None:
         locale = citizen.locale
-        text = self.t.render(locale, key, name=who.name)
-        await u.send(who.platform, who.chat_id, Outgoing(text, buttons=self._menu_buttons(locale)))
+        message = Outgoing(self.t.render(locale, key, name=who.name), buttons=self._menu_buttons(locale))
+        await u.send(who.platform, who.chat_id, _in_place_of(pressed, message))
 
     def _menu_buttons(self, locale: str) -> list[list[Button]]:
         return [
@@ -372,13 +364,13 @@ class CitizenDialog:
         async with self.outbox.unit() as u:
             await self._advance(u, who, citizen, Draft())
 
-    async def _cancel(self, who: Person, citizen: Citizen, message_id: int | None = None) -> None:
+    async def _cancel(self, who: Person, citizen: Citizen, pressed: Ref | None = None) -> None:
         async with self.outbox.unit() as u:
             had_draft = await u.repo.conversation(who.platform, who.chat_id) is not None
             await u.repo.save_conversation(who.platform, who.chat_id, None, u.now)
-            if message_id is not None:
-                await self._close_keyboard(u, who, message_id)
-            await self._menu(u, who, citizen, "dialog.cancelled" if had_draft else "dialog.nothing_to_cancel")
+            await self._menu(
+                u, who, citizen, "dialog.cancelled" if had_draft else "dialog.nothing_to_cancel", pressed
+            )
 
     async def _my(self, who: Person, citizen: Citizen) -> None:
         tickets = await self.tickets.citizen_tickets(citizen)
@@ -472,3 +464,8 @@ class CitizenDialog:
 
     async def _say_in(self, u: Unit, who: Person, citizen: Citizen, key: str, **params: object) -> None:
         await u.send(who.platform, who.chat_id, Outgoing(self.t.render(citizen.locale, key, **params)))
+
+
+def _in_place_of(pressed: Ref | None, message: Outgoing) -> Outgoing:
+    """The message as the prompt the citizen pressed, edited (sent anew if it can no longer be)."""
+    return message if pressed is None else replace(message, edit=pressed, or_send=True)

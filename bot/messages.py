@@ -24,6 +24,9 @@ class Ref:
     ticket_id: int | None = None
     role: str | None = None
     message_id: int | None = None
+    # `message_id` is the conversation's own number for the message (VK's conversation_message_id,
+    # which is how VK's button events name it), not the id sending it returned.
+    in_conversation: bool = False
 
 
 @dataclass(slots=True)

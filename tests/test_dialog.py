@@ -12,6 +12,7 @@ from bot.delivery.outbox import Outbox
 from bot.dialog import CitizenDialog, CitizenInput, Limits, Person
 from bot.domain import Platform
 from bot.i18n import Translator
+from bot.messages import Ref
 from bot.tickets import TicketService
 from storage.db import Database
 from storage.schema import outbox, tickets
@@ -21,9 +22,9 @@ WHO = Person(Platform.vk, 77, 77, "Ира", "ru")
 
 async def file(dialog: CitizenDialog, text: str) -> None:
     await dialog.message(CitizenInput(who=WHO, text=text))
-    await dialog.press(WHO, "c:potholes", 1)
-    await dialog.press(WHO, "d:skip", 2)
-    await dialog.press(WHO, "d:confirm", 3)
+    await dialog.press(WHO, "c:potholes", Ref(message_id=1))
+    await dialog.press(WHO, "d:skip", Ref(message_id=2))
+    await dialog.press(WHO, "d:confirm", Ref(message_id=3))
 
 
 async def test_a_citizen_may_file_only_so_many_reports_an_hour(
@@ -54,12 +55,13 @@ async def test_a_skip_pressed_again_after_the_summary_changes_nothing(
     box = Outbox(db, clock)
     dialog = CitizenDialog(box, TicketService(box, routing, translator), routing, translator, Limits())
     await dialog.message(CitizenInput(who=WHO, text="яма"))
-    await dialog.press(WHO, "c:potholes", 1)
-    assert await dialog.press(WHO, "d:skip", 2) == ""
+    await dialog.press(WHO, "c:potholes", Ref(message_id=1))
+    assert await dialog.press(WHO, "d:skip", Ref(message_id=2)) == ""
     async with db.read() as conn:
         queued = await conn.scalar(sa.select(sa.func.count()).select_from(outbox))
     # The same skip button again (say, pressed while the bot was restarting): no second summary.
-    assert await dialog.press(WHO, "d:skip", 2) == translator.get("ru", "toast.unknown_button")
+    unknown = translator.get("ru", "toast.unknown_button")
+    assert await dialog.press(WHO, "d:skip", Ref(message_id=2)) == unknown
     async with db.read() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(outbox)) == queued
-    assert await dialog.press(WHO, "d:confirm", 3) == translator.get("ru", "toast.registered")
+    assert await dialog.press(WHO, "d:confirm", Ref(message_id=3)) == translator.get("ru", "toast.registered")

@@ -16,6 +16,7 @@ from bot.delivery.outbox import Outbox
 from bot.dialog import CitizenDialog, CitizenInput, Person
 from bot.domain import Platform, TicketStatus
 from bot.i18n import Translator
+from bot.messages import Ref
 from bot.policy import Policy
 from bot.tickets import Staff, TicketService
 from storage.db import Database
@@ -38,10 +39,10 @@ class Desk:
 
     async def file(self, user_id: int, category: str = "garbage", text: str = "Мусор") -> int:
         who = Person(Platform.telegram, user_id, user_id, "A", "ru")
-        await self.dialog.press(who, f"c:{category}", 1)
+        await self.dialog.press(who, f"c:{category}", Ref(message_id=1))
         await self.dialog.message(CitizenInput(who=who, text=text))
-        await self.dialog.press(who, "d:skip", 2)
-        await self.dialog.press(who, "d:confirm", 3)
+        await self.dialog.press(who, "d:skip", Ref(message_id=2))
+        await self.dialog.press(who, "d:confirm", Ref(message_id=3))
         async with self.tickets.outbox.read() as repo:
             citizen = await repo.citizen_by_external(Platform.telegram, user_id)
             assert citizen is not None

@@ -141,6 +141,11 @@ async def test_a_pressed_prompt_becomes_the_next_step(world: World) -> None:
     assert summary["message_id"] == location["message_id"] and "Яма у дома 7" in summary["text"]
     assert len(tg.bot_messages(ALICE)) == 2
     assert tg.calls("editMessageReplyMarkup") == []
+    # Cancelled: the summary becomes the menu.
+    await tg.press(ALICE, summary, "d:cancel")
+    menu = await world.says_key(ALICE, "ru", "dialog.cancelled")
+    assert menu["message_id"] == summary["message_id"] and tg.button_data(menu)[0] == "m:new"
+    assert len(tg.bot_messages(ALICE)) == 2
 
 
 async def test_a_prompt_that_can_no_longer_be_edited_is_followed_by_a_new_one(world: World) -> None:

@@ -126,6 +126,25 @@ async def test_vk_citizen_report_reaches_the_card_and_a_photo_answer_comes_back(
     assert len(photos) == 1
 
 
+async def test_a_pressed_vk_prompt_becomes_the_next_step(both: VkWorld) -> None:
+    """VK's button events name the message by its number in the conversation, and so do the edits."""
+    vk = both.vk
+    await vk.send_text(ANNA, "/new")
+    categories = await both.keyboard(ANNA, "c:")
+    await both.press(ANNA, categories, "c:potholes")
+    describe = await both.keyboard(ANNA, "d:cancel")
+    assert describe["id"] == categories["id"]
+    await vk.send_text(ANNA, "Яма у школы")
+    location = await both.keyboard(ANNA, "d:skip")
+    assert location["id"] > describe["id"]
+    await both.press(ANNA, location, "d:skip")
+    summary = await both.keyboard(ANNA, "d:confirm")
+    assert summary["id"] == location["id"] and "Яма у школы" in summary["text"]
+    assert len(vk.bot_messages(ANNA)) == 2
+    edits = vk.calls("messages.edit")
+    assert len(edits) == 2 and all("conversation_message_id" in edit for edit in edits)
+
+
 async def test_a_document_from_the_agency_reaches_the_vk_citizen_unless_vk_refuses_it(
     both: VkWorld,
 ) -> None:

@@ -86,9 +86,10 @@ class VkMessenger:
             # Taking buttons off would mean re-sending the text; a stale button is refused by the
             # dialog anyway, so VK keeps its keyboards.
             return
+        by = "conversation_message_id" if message.edit and message.edit.in_conversation else "message_id"
         params: dict[str, Any] = {
             "peer_id": chat_id,
-            "message_id": message_id,
+            by: message_id,
             "message": html_to_text(message.text)[:TEXT_LIMIT],
             "keep_forward_messages": 1,
             "keep_snippets": 1,

@@ -9,6 +9,7 @@ from aiogram.types import CallbackQuery, ChatMemberUpdated, Message
 
 from bot.dialog import CitizenDialog, CitizenInput
 from bot.domain import Location, Platform
+from bot.messages import Ref
 from bot.tickets import TicketService
 
 from .common import answer, document_too_big, person, photos, text_of, unsupported_kind
@@ -72,7 +73,7 @@ def citizen_router(album_wait: float) -> Router:
             await answer(query)
             return
         who = person(query.message, query.from_user)
-        toast = await dialog.press(who, query.data, query.message.message_id)
+        toast = await dialog.press(who, query.data, Ref(message_id=query.message.message_id))
         await answer(query, toast)
 
     return router

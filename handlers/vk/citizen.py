@@ -13,6 +13,7 @@ from vkbottle_types.events import GroupEventType
 from bot.delivery.limits import RateLimiter, Rates
 from bot.dialog import CitizenDialog, CitizenInput, Person
 from bot.domain import Attachment, Location, MediaKind, Platform
+from bot.messages import Ref
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ def citizen_labeler(dialog: CitizenDialog, limiter: RateLimiter | None = None) -
         toast = ""
         if isinstance(data, str):
             who = Person(platform=Platform.vk, chat_id=event.peer_id, user_id=event.user_id)
-            toast = await dialog.press(who, data, event.conversation_message_id or 0)
+            pressed = Ref(message_id=event.conversation_message_id, in_conversation=True)
+            toast = await dialog.press(who, data, pressed)
         # The answer stops the client's spinner; a short text shows as a snackbar.
         params: dict[str, Any] = {
             "event_id": event.event_id,
