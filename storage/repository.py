@@ -52,6 +52,16 @@ _CITIZEN_BY_EXTERNAL = sa.select(citizens).where(
 _CONVERSATION = sa.select(conversations.c.state).where(
     conversations.c.platform == sa.bindparam("in_platform"), conversations.c.chat_id == sa.bindparam("chat")
 )
+_TICKET = sa.select(tickets).where(tickets.c.id == sa.bindparam("ticket"))
+_NUMBER_TICKET = (
+    tickets.update().where(tickets.c.id == sa.bindparam("ticket")).values(number=sa.bindparam("number"))
+)
+_WAITING_FOR_INFO = (
+    sa.select(tickets)
+    .where(tickets.c.citizen_id == sa.bindparam("citizen"), tickets.c.status == TicketStatus.need_info.value)
+    .order_by(tickets.c.updated_at.desc())
+    .limit(1)
+)
 # Those whose SQL depends on the database (INSERT ... ON CONFLICT): (dialect, name) → statement.
 _PER_DIALECT: dict[tuple[str, str], Any] = {}
 
@@ -135,16 +145,16 @@ class Repository:
             ticket_id = int((await self.conn.execute(sa.select(sa.func.nextval(sequence)))).scalar_one())
             await self.conn.execute(tickets.insert().values(id=ticket_id, number=ticket_id, **values))
             return await self.ticket(ticket_id)
-        result = await self.conn.execute(tickets.insert().values(number=0, **values))
+        result = await self.conn.execute(tickets.insert(), {"number": 0, **values})
         primary_key = result.inserted_primary_key
         assert primary_key is not None
         ticket_id = primary_key[0]
         # The public number is the row id for now; a separate column leaves room for per-region series.
-        await self.conn.execute(tickets.update().where(tickets.c.id == ticket_id).values(number=ticket_id))
+        await self.conn.execute(_NUMBER_TICKET, {"ticket": ticket_id, "number": ticket_id})
         return await self.ticket(ticket_id)
 
     async def ticket(self, ticket_id: int) -> Ticket:
-        row = (await self.conn.execute(sa.select(tickets).where(tickets.c.id == ticket_id))).first()
+        row = (await self.conn.execute(_TICKET, {"ticket": ticket_id})).first()
         if row is None:
             raise LookupError(ticket_id)
         return _ticket(row)
@@ -175,14 +185,7 @@ class Repository:
         return int(value or 0)
 
     async def citizen_ticket_waiting_for_info(self, citizen_id: int) -> Ticket | None:
-        row = (
-            await self.conn.execute(
-                sa.select(tickets)
-                .where(tickets.c.citizen_id == citizen_id, tickets.c.status == TicketStatus.need_info.value)
-                .order_by(tickets.c.updated_at.desc())
-                .limit(1)
-            )
-        ).first()
+        row = (await self.conn.execute(_WAITING_FOR_INFO, {"citizen": citizen_id})).first()
         return _ticket(row) if row else None
 
     async def due(
@@ -279,9 +282,14 @@ class Repository:
         self, ticket_id: int, kind: EventKind, actor: str, payload: dict[str, Any], now: datetime
     ) -> None:
         await self.conn.execute(
-            ticket_events.insert().values(
-                ticket_id=ticket_id, kind=kind.value, actor=actor, payload=payload, created_at=now
-            )
+            ticket_events.insert(),
+            {
+                "ticket_id": ticket_id,
+                "kind": kind.value,
+                "actor": actor,
+                "payload": payload,
+                "created_at": now,
+            },
         )
 
     async def events(self, ticket_id: int) -> list[TicketEvent]:
@@ -419,7 +427,7 @@ class Repository:
     async def chat_outbox(self, platform: Platform, chat_id: int, limit: int) -> list[sa.Row[Any]]:
         """A chat's pending rows, oldest first."""
         rows = await self.conn.execute(
-            sa.select(outbox).where(*_pending_in(platform, chat_id)).order_by(outbox.c.id).limit(limit)
+            _CHAT_OUTBOX, {"in_platform": platform.value, "chat": chat_id, "row_limit": limit}
         )
         return list(rows)
 
@@ -630,6 +638,16 @@ class Repository:
 
 # Written out rather than bound, so the database knows the pending rows' own index serves the query.
 _PENDING = outbox.c.status == sa.literal_column("'pending'")
+
+
+_CHAT_OUTBOX = (
+    sa.select(outbox)
+    .where(
+        outbox.c.platform == sa.bindparam("in_platform"), outbox.c.chat_id == sa.bindparam("chat"), _PENDING
+    )
+    .order_by(outbox.c.id)
+    .limit(sa.bindparam("row_limit", type_=sa.Integer))
+)
 
 
 def _pending_in(platform: Platform, chat_id: int) -> tuple[sa.ColumnElement[bool], ...]:
