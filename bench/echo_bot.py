@@ -19,6 +19,8 @@ from aiogram.types import Message
 
 async def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Without aiogram's line per update, as the bot logs.
+    logging.getLogger("aiogram.event").setLevel(logging.WARNING)
     session = AiohttpSession(api=TelegramAPIServer.from_base(os.environ["TELEGRAM_API_URL"]))
     bot = Bot(os.environ["TELEGRAM_BOT_TOKEN"], session=session)
     dispatcher = Dispatcher()

@@ -60,6 +60,11 @@ def configure_logging(settings: Settings) -> None:
     )
     handler.addFilter(RedactSecrets([token.get_secret_value() for token in tokens if token is not None]))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+    # aiogram says "Update id=... is handled" for every update: a line for debugging, not for the log of
+    # a bot serving thousands. Its warnings and errors still show.
+    level = logging.getLogger().level
+    quiet = level if level <= logging.DEBUG else max(level, logging.WARNING)
+    logging.getLogger("aiogram.event").setLevel(quiet)
 
 
 def fail(message: str) -> int:

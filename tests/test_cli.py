@@ -4,6 +4,7 @@ and the real process serving a citizen against the fake Telegram server."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from bot.__main__ import configure_logging
+from bot.config import Settings
 from storage.db import Database
 from storage.schema import tickets
 from tests.conftest import TEST_ROUTING, TOKEN
@@ -115,3 +118,20 @@ async def test_the_real_process_serves_a_citizen_and_stops_cleanly(
         log = err.decode()
         assert TOKEN not in log and TOKEN.split(":")[1] not in log
         assert "DEBUG" in log and "Bad Gateway" in log
+
+
+@pytest.mark.parametrize(("level", "per_update"), [("INFO", False), ("DEBUG", True)])
+def test_a_line_per_update_is_logged_only_when_debugging(
+    level: str, per_update: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event, root = logging.getLogger("aiogram.event"), logging.getLogger()
+    saved = event.level, root.level
+    # The root logger as basicConfig leaves it, without taking the test runner's handlers off it.
+    monkeypatch.setattr(logging, "basicConfig", lambda level, **_: root.setLevel(level))
+    try:
+        configure_logging(Settings(_env_file=None, log_level=level))  # type: ignore[call-arg]
+        assert event.isEnabledFor(logging.INFO) is per_update
+        assert event.isEnabledFor(logging.ERROR)
+    finally:
+        event.setLevel(saved[0])
+        root.setLevel(saved[1])
