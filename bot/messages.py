@@ -42,7 +42,8 @@ class Outgoing:
     photo_caption: str = ""
     # Ask the client to open a reply to this message (staff prompts).
     force_reply: bool = False
-    # Edit this message in place instead of sending a new one; `buttons_only` keeps its text.
+    # Edit this message in place instead of sending a new one; `buttons_only` keeps its text. An edit's
+    # `photos`, with its buttons, say how the message went: whether its text is the photos' caption.
     edit: Ref | None = None
     buttons_only: bool = False
     # An edit the platform refuses (the message is gone, or too old to edit) goes as a new message.

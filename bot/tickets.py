@@ -665,7 +665,7 @@ class TicketService:
         coordinators = self.chats.coordinators_chat
         if await u.repo.latest_linked_message(ticket.id, STAFF_PLATFORM, coordinators, "card") is not None:
             chats.append(coordinators)
-        photos = len(await u.repo.media(ticket.id, source="citizen"))
+        photos = await u.repo.media(ticket.id, source="citizen")
         for chat_id in chats:
             if chat_id in skip:
                 continue
@@ -674,7 +674,8 @@ class TicketService:
                 STAFF_PLATFORM,
                 chat_id,
                 Outgoing(
-                    self.render.card(locale, ticket, ticket.citizen_id, photos),
+                    self.render.card(locale, ticket, ticket.citizen_id, len(photos)),
+                    photos=list(photos),
                     buttons=self.render.card_buttons(locale, ticket),
                     edit=Ref(ticket_id=ticket.id, role="card"),
                 ),

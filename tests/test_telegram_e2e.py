@@ -86,6 +86,7 @@ async def test_report_reaches_the_agency_card_and_the_answer_comes_back(world: W
     taken = await world.card_shows(ROADS_CHAT, 1, TicketStatus.in_progress)
     assert taken["message_id"] == card["message_id"] and taken["photo"] == card["photo"]
     assert "<b>5 & 6</b> — яма во дворе" in taken["caption"]
+    assert [c for c in tg.calls("editMessageText") if int(c["message_id"]) == card["message_id"]] == []
 
 
 async def test_an_album_is_one_report_with_all_its_photos(world: World) -> None:
@@ -106,6 +107,21 @@ async def test_a_photo_with_a_long_description_comes_before_its_card(world: Worl
     assert text.strip() in card["text"] and world.tg.button_data(card)
     photo, *rest = world.tg.bot_messages(ROADS_CHAT)
     assert photo["caption"] == f"#T{number}" and rest == [card]
+
+
+async def test_a_photo_card_still_follows_its_ticket_once_the_citizen_added_photos(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE, photos=1, text="Яма у подъезда")
+    card = await world.card(ROADS_CHAT, number)
+    assert card.get("photo") and tg.button_data(card)
+    registered = [m for m in tg.bot_messages(ALICE) if f"#T{number}" in (m.get("text") or "")][-1]
+    await world.recorded(ALICE, registered["message_id"])
+    await tg.send_photo(ALICE, caption="Вот ещё снимок", reply_to=registered["message_id"])
+    await world.bot_says(ROADS_CHAT, lambda m: "Вот ещё снимок" in (m.get("caption") or ""))
+    # Two photos now: the card's edit is tried as text first, and Telegram's refusal turns it to the caption.
+    await tg.press(ROADS_STAFF, card, f"t:take:{number}:new")
+    taken = await world.card_shows(ROADS_CHAT, number, TicketStatus.in_progress)
+    assert taken["message_id"] == card["message_id"] and "Яма у подъезда" in taken["caption"]
 
 
 async def test_quick_path_asks_only_for_what_is_missing(world: World) -> None:

@@ -41,6 +41,7 @@ TEXT_LIMIT = 4096
 # Room a caption with buttons leaves for what its edits may add (a card's status, where it went).
 CAPTION_SPARE = 200
 NO_TEXT = "there is no text in the message to edit"
+NO_CAPTION = "there is no caption in the message to edit"
 T = TypeVar("T")
 
 
@@ -237,31 +238,42 @@ class TelegramMessenger:
                     )
                 )
             else:
+                # Its photos tell whether the text went as their caption; if they changed since (a
+                # ticket's photos grow), Telegram's refusal tells.
+                edits = [self._edit_text, self._edit_caption]
+                if in_caption(message):
+                    edits.reverse()
                 try:
-                    await _call(
-                        lambda: self.bot.edit_message_text(
-                            text=message.text,
-                            chat_id=chat_id,
-                            message_id=message_id,
-                            reply_markup=inline,
-                            link_preview_options=LinkPreviewOptions(is_disabled=True),
-                        )
-                    )
+                    await edits[0](chat_id, message_id, message.text, inline)
                 except PermanentError as error:
-                    if NO_TEXT not in str(error):
+                    if NO_TEXT not in str(error) and NO_CAPTION not in str(error):
                         raise
-                    # Sent as a photo's caption (see in_caption): the caption is the text to edit.
-                    await _call(
-                        lambda: self.bot.edit_message_caption(
-                            chat_id=chat_id,
-                            message_id=message_id,
-                            caption=fit_caption(message.text),
-                            reply_markup=inline,
-                        )
-                    )
+                    await edits[1](chat_id, message_id, message.text, inline)
         except PermanentError as error:
             if "message is not modified" not in str(error):
                 raise
+
+    async def _edit_text(
+        self, chat_id: int, message_id: int, text: str, markup: InlineKeyboardMarkup | None
+    ) -> None:
+        await _call(
+            lambda: self.bot.edit_message_text(
+                text=text,
+                chat_id=chat_id,
+                message_id=message_id,
+                reply_markup=markup,
+                link_preview_options=LinkPreviewOptions(is_disabled=True),
+            )
+        )
+
+    async def _edit_caption(
+        self, chat_id: int, message_id: int, text: str, markup: InlineKeyboardMarkup | None
+    ) -> None:
+        await _call(
+            lambda: self.bot.edit_message_caption(
+                chat_id=chat_id, message_id=message_id, caption=fit_caption(text), reply_markup=markup
+            )
+        )
 
 
 def in_caption(message: Outgoing) -> bool:
