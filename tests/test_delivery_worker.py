@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -24,6 +25,7 @@ from bot.delivery.worker import DeliveryWorker
 from bot.domain import Platform
 from bot.messages import Outgoing, Ref
 from storage.db import Database
+from storage.repository import Repository
 from storage.schema import outbox as outbox_table
 
 
@@ -118,6 +120,18 @@ class GatedMessenger(RecordingMessenger):
         return await asyncio.wait_for(self.held.get(), 5)
 
 
+async def idle(worker: DeliveryWorker) -> None:
+    """Until the worker has no lane going and nothing to look at."""
+    async with asyncio.timeout(5):
+        while True:
+            if worker._lanes:
+                await asyncio.gather(*worker._lanes.values())
+            elif worker._wakeup.is_set():
+                await asyncio.sleep(0)  # the worker's loop takes the wake-up
+            else:
+                return
+
+
 @asynccontextmanager
 async def running(worker: DeliveryWorker) -> AsyncIterator[None]:
     """The worker's loop, as the app runs it, for the length of the block; stopped as the app stops it."""
@@ -174,6 +188,43 @@ async def test_a_message_queued_while_its_chat_is_sending_goes_right_after(
         await queue(outbox, 5, Outgoing("answer"))
         assert await messenger.next_sent() == "answer"
         assert await messenger.let_through(2) == ["card 1", "card 2"]
+
+
+async def test_a_chat_is_read_again_only_for_what_was_queued_after_its_lane_read_it(
+    db: Database, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look through the database while a lane sends finds the lane's own messages: no second read."""
+    reads: list[int] = []
+    looks = asyncio.Queue[None]()
+    chat_outbox, due_chats = Repository.chat_outbox, Repository.due_outbox_chats
+
+    async def read_chat(repo: Repository, platform: Platform, chat_id: int, limit: int) -> list[Any]:
+        reads.append(chat_id)
+        return await chat_outbox(repo, platform, chat_id, limit)
+
+    async def look(repo: Repository, *args: Any, **kwargs: Any) -> list[Any]:
+        found = await due_chats(repo, *args, **kwargs)
+        looks.put_nowait(None)
+        return found
+
+    monkeypatch.setattr(Repository, "chat_outbox", read_chat)
+    monkeypatch.setattr(Repository, "due_outbox_chats", look)
+    messenger = GatedMessenger(gated_chat=-100)
+    worker = DeliveryWorker(db, {Platform.telegram: messenger}, clock, poll_seconds=3600)
+    outbox = Outbox(db, clock)
+    outbox.subscribe(worker.wake)
+    await queue(outbox, -100, Outgoing("card 1"))
+    async with running(worker):
+        await asyncio.wait_for(looks.get(), 5)  # the look at start
+        assert await messenger.next_held() == "card 1"
+        worker.wake()
+        await asyncio.wait_for(looks.get(), 5)
+        assert await messenger.let_through(1) == ["card 1"]
+        await idle(worker)
+        await queue(outbox, -100, Outgoing("card 2"))
+        assert await messenger.let_through(1) == ["card 2"]
+        await idle(worker)
+    assert reads == [-100, -100]
 
 
 async def test_a_retry_falls_due_while_other_chats_keep_the_worker_busy(db: Database) -> None:

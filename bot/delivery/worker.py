@@ -153,9 +153,10 @@ class DeliveryWorker:
                     if self._everywhere or loop.time() >= look_at:
                         self._everywhere = False
                         look_at = loop.time() + self.poll_seconds
+                        self._missed.update(chat for chat in hinted if chat in self._lanes)
                         await self._start_lanes()
                     else:
-                        self._start(hinted)
+                        self._start(hinted, queued=True)
                 except Exception:
                     self._everywhere = True
                     log.exception("looking for due outbox messages failed; trying again shortly")
@@ -198,7 +199,10 @@ class DeliveryWorker:
         self._more = len(due) == limit
         return self._start(due)
 
-    def _start(self, chats: Iterable[Chat]) -> list[asyncio.Task[int]]:
+    def _start(self, chats: Iterable[Chat], queued: bool = False) -> list[asyncio.Task[int]]:
+        """Start a lane for each of `chats` that has none. `queued`: messages were just queued for
+        them, and a chat whose lane is going is looked at again when it ends, for what came after the
+        lane read its rows; a look through the database found what the lane is sending."""
         started = []
         # Sends the platforms take now: a lane is started only if its first send can go, else it would
         # read its chat only to be held back (a thousand citizens behind 30 messages a second).
@@ -206,7 +210,8 @@ class DeliveryWorker:
         for chat in chats:
             platform, chat_id = chat
             if chat in self._lanes:
-                self._missed.add(chat)
+                if queued:
+                    self._missed.add(chat)
                 continue
             if platform not in self.messengers:
                 continue
