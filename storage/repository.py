@@ -437,7 +437,7 @@ class Repository:
         """Claim a chat's pending rows for `instance` until `until`, and return them oldest first; None
         when another instance holds the chat. Run inside a write transaction, which writers take in
         turn, so two instances never both win one chat."""
-        chat = _pending_in(platform, chat_id)
+        chat = _pending_in(platform.value, chat_id)
         held = await self.conn.scalar(
             sa.select(sa.literal(1)).where(*chat, sa.not_(_claimable(instance, now))).limit(1)
         )
@@ -500,7 +500,7 @@ class Repository:
 
     async def outbox_move_chat(self, platform: Platform, old_chat_id: int, new_chat_id: int) -> None:
         await self.conn.execute(
-            outbox.update().where(*_pending_in(platform, old_chat_id)).values(chat_id=new_chat_id)
+            outbox.update().where(*_pending_in(platform.value, old_chat_id)).values(chat_id=new_chat_id)
         )
 
     # updates and conversation state
@@ -640,18 +640,17 @@ class Repository:
 _PENDING = outbox.c.status == sa.literal_column("'pending'")
 
 
+def _pending_in(platform: Any, chat_id: Any) -> tuple[sa.ColumnElement[bool], ...]:
+    """A chat's pending rows; the platform's value and the chat's id, or parameters standing for them."""
+    return outbox.c.platform == platform, outbox.c.chat_id == chat_id, _PENDING
+
+
 _CHAT_OUTBOX = (
     sa.select(outbox)
-    .where(
-        outbox.c.platform == sa.bindparam("in_platform"), outbox.c.chat_id == sa.bindparam("chat"), _PENDING
-    )
+    .where(*_pending_in(sa.bindparam("in_platform"), sa.bindparam("chat")))
     .order_by(outbox.c.id)
     .limit(sa.bindparam("row_limit", type_=sa.Integer))
 )
-
-
-def _pending_in(platform: Platform, chat_id: int) -> tuple[sa.ColumnElement[bool], ...]:
-    return outbox.c.platform == platform.value, outbox.c.chat_id == chat_id, _PENDING
 
 
 def _claimable(instance: str, now: datetime) -> sa.ColumnElement[bool]:
