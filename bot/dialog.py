@@ -320,11 +320,17 @@ class CitizenDialog:
         if await self._refuse_over_limit(who, citizen):
             return self.t.get(locale, "toast.limit")
         ticket = await self.tickets.open_ticket(
-            citizen, who.chat_id, also=lambda u: self._close_keyboard(u, who, pressed)
+            citizen, who.chat_id, also=lambda u: self._keep_summary(u, who, citizen, draft, pressed)
         )
         if ticket is None:
             return self.t.get(locale, "toast.nothing_to_confirm")
         return self.t.get(locale, "toast.registered")
+
+    async def _keep_summary(self, u: Unit, who: Person, citizen: Citizen, draft: Draft, pressed: Ref) -> None:
+        """The confirmed summary stays as the record of what was filed, without its buttons: its text is
+        sent again with the edit, as VK takes a keyboard off only so."""
+        summary = Outgoing(self._summary(citizen.locale, draft), edit=pressed)
+        await u.send(who.platform, who.chat_id, summary)
 
     async def _close_keyboard(self, u: Unit, who: Person, pressed: Ref) -> None:
         """Take the buttons off a step that is done, so an old keyboard cannot be pressed twice."""

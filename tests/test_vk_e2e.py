@@ -107,8 +107,12 @@ async def test_vk_citizen_report_reaches_the_card_and_a_photo_answer_comes_back(
     await vk.send_location(ANNA, 55.75, 37.61)
     summary = await both.keyboard(ANNA, "d:confirm")
     assert "<b>Яма</b> & лужа во дворе" in summary["text"]  # shown as written, no markup
+    filed = summary["text"]
     await both.press(ANNA, summary, "d:confirm")
     await both.says(ANNA, "#T1")
+    # The summary stays, as the record of what was filed, without its buttons.
+    kept = vk.get_message(summary["id"])
+    assert kept is not None and vk.button_payloads(kept) == [] and kept["text"] == filed
 
     card = await both.world.card(ROADS_CHAT, 1)
     assert "<b>Яма</b> & лужа во дворе" in card["text"]
