@@ -120,6 +120,16 @@ class GatedMessenger(RecordingMessenger):
         return await asyncio.wait_for(self.held.get(), 5)
 
 
+def gated_worker(db: Database, clock: ManualClock) -> tuple[GatedMessenger, DeliveryWorker, Outbox]:
+    """A worker that chat -100's sends wait in until let through, told of every commit; its poll never
+    comes during a test, so only being woken moves it."""
+    messenger = GatedMessenger(gated_chat=-100)
+    worker = DeliveryWorker(db, {Platform.telegram: messenger}, clock, poll_seconds=3600)
+    outbox = Outbox(db, clock)
+    outbox.subscribe(worker.wake)
+    return messenger, worker, outbox
+
+
 async def idle(worker: DeliveryWorker) -> None:
     """Until the worker has no lane going and nothing to look at."""
     async with asyncio.timeout(5):
@@ -144,11 +154,7 @@ async def running(worker: DeliveryWorker) -> AsyncIterator[None]:
 
 
 async def test_a_chat_stuck_on_a_slow_send_holds_up_no_other_chat(db: Database, clock: ManualClock) -> None:
-    messenger = GatedMessenger(gated_chat=-100)
-    # The poll never comes during the test: only being woken moves the worker.
-    worker = DeliveryWorker(db, {Platform.telegram: messenger}, clock, poll_seconds=3600)
-    outbox = Outbox(db, clock)
-    outbox.subscribe(worker.wake)
+    messenger, worker, outbox = gated_worker(db, clock)
     await queue(outbox, -100, Outgoing("card 1"), Outgoing("card 2"))
     async with running(worker):
         assert await messenger.next_held() == "card 1"
@@ -176,10 +182,7 @@ async def test_a_cancelled_worker_takes_its_lanes_along(db: Database, clock: Man
 async def test_a_message_queued_while_its_chat_is_sending_goes_right_after(
     db: Database, clock: ManualClock
 ) -> None:
-    messenger = GatedMessenger(gated_chat=-100)
-    worker = DeliveryWorker(db, {Platform.telegram: messenger}, clock, poll_seconds=3600)
-    outbox = Outbox(db, clock)
-    outbox.subscribe(worker.wake)
+    messenger, worker, outbox = gated_worker(db, clock)
     await queue(outbox, -100, Outgoing("card 1"))
     async with running(worker):
         # The chat's lane read its messages and waits on the first when the second is queued.
@@ -209,10 +212,7 @@ async def test_a_chat_is_read_again_only_for_what_was_queued_after_its_lane_read
 
     monkeypatch.setattr(Repository, "chat_outbox", read_chat)
     monkeypatch.setattr(Repository, "due_outbox_chats", look)
-    messenger = GatedMessenger(gated_chat=-100)
-    worker = DeliveryWorker(db, {Platform.telegram: messenger}, clock, poll_seconds=3600)
-    outbox = Outbox(db, clock)
-    outbox.subscribe(worker.wake)
+    messenger, worker, outbox = gated_worker(db, clock)
     await queue(outbox, -100, Outgoing("card 1"))
     async with running(worker):
         await asyncio.wait_for(looks.get(), 5)  # the look at start
