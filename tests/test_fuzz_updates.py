@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.config import parse_routing
+from bot.intake import without_nul
 from storage.schema import outbox, tickets
 from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, TEST_ROUTING
 from tests.databases import Backend
@@ -155,7 +156,8 @@ def bot_loop(tmp_path_factory: pytest.TempPathFactory, database_backend: Backend
 async def _feed(world: World, data: dict[str, Any]) -> None:
     app = world.app
     assert app.bot is not None
-    update = Update.model_validate(data, context={"bot": app.bot})
+    # As the intake stores it before it is handled: without NUL characters (PostgreSQL refuses them).
+    update = Update.model_validate(without_nul(data), context={"bot": app.bot})
     await app.dispatcher.feed_update(app.bot, update)
     await app.worker.deliver_due()
 
@@ -181,3 +183,12 @@ def test_random_updates_raise_nothing_and_telegram_rejects_nothing(
     assert [
         e for e in failed if "message to edit not found" not in e and "message can't be edited" not in e
     ] == []
+
+
+def test_the_intake_takes_nul_characters_out_of_every_string_of_an_update() -> None:
+    update = {
+        "message": {"text": "a\x00b", "from": {"first_name": "\x00Ян"}, "entities": [{"type": "x\x00"}]}
+    }
+    assert without_nul(update) == {
+        "message": {"text": "ab", "from": {"first_name": "Ян"}, "entities": [{"type": "x"}]}
+    }
