@@ -9,6 +9,7 @@ whatever fell due while the bot was down is caught up once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from bot.delivery.outbox import Unit
@@ -21,33 +22,57 @@ from bot.tickets import STAFF_PLATFORM, TicketService
 log = logging.getLogger(__name__)
 
 WORKING = (TicketStatus.new, TicketStatus.in_progress)
-BATCH = 500
+# Tickets one pass acts on, in one transaction: the write turn a pass holds stays short (a report waits
+# behind it), and a backlog is worked through by passes back to back, each committed.
+BATCH = 100
+# Passes of one kind in a scan at most (10,000 tickets); anything beyond is the next scan's.
+PASSES = 100
 GROUP_LINES = 30
+# The last overdue alert (its event's id) the coordinators were told of.
+OVERDUE_REPORTED = "overdue-reported"
+
+# A pass: how many due tickets it found (a full batch means there may be more) and how many it acted on.
+Pass = tuple[int, int]
 
 
 class Deadlines:
-    def __init__(self, tickets: TicketService, policy: Policy | None = None) -> None:
+    def __init__(self, tickets: TicketService, policy: Policy | None = None, passes: int = PASSES) -> None:
         self.tickets = tickets
         self.policy = policy or Policy()
+        self.passes = passes
         self.outbox = tickets.outbox
         self.render = tickets.render
         self.t = tickets.t
         self.routing = tickets.routing
 
     async def scan(self, now: datetime) -> dict[str, int]:
-        """Every promise, once; returns how many tickets each part acted on."""
-        return {
-            "reminders": await self.remind(now),
-            "overdue": await self.alert_overdue(now),
-            "citizen_updates": await self.update_citizens(now),
-            "auto_closed": await self.close_unconfirmed(now),
-            "closed_no_answer": await self.close_unanswered(now),
-            "digest": await self.digest(now),
+        """Every promise that is due, once; returns how many tickets each part acted on."""
+        done = {
+            "reminders": await self._drain(self.remind, now),
+            "overdue": await self._drain(self.alert_overdue, now),
+            "citizen_updates": await self._drain(self.update_citizens, now),
+            "auto_closed": await self._drain(self.close_unconfirmed, now),
+            "closed_no_answer": await self._drain(self.close_unanswered, now),
         }
+        await self.report_overdue(now)
+        done["digest"] = await self.digest(now)
+        return done
 
-    async def remind(self, now: datetime) -> int:
+    async def _drain(self, part: Callable[[datetime], Awaitable[Pass]], now: datetime) -> int:
+        """Passes of `part` until one finds less than a full batch. Every pass leaves the tickets it found
+        no longer due at `now`, so each finds the next ones."""
+        acted = 0
+        for _ in range(self.passes):
+            found, did = await part(now)
+            acted += did
+            if found < BATCH:
+                break
+        return acted
+
+    async def remind(self, now: datetime) -> Pass:
         async with self.outbox.unit() as u:
             due = await u.repo.due("remind_at", WORKING, now, BATCH)
+            reminded = 0
             for ticket in due:
                 await u.repo.update_ticket(ticket.id, remind_at=None, reminder_level=1)
                 if ticket.due_at <= now:
@@ -61,14 +86,15 @@ class Deadlines:
                     left=self.render.duration(self.routing.default_locale, ticket.due_at - now),
                     dedupe_key=f"remind:{ticket.id}:{ticket.due_at.isoformat()}",
                 )
-            return len(due)
+                reminded += 1
+            return len(due), reminded
 
-    async def alert_overdue(self, now: datetime) -> int:
-        """Alerts in the agency's chat and the coordinators' chat, repeated every `overdue_repeat` with
-        a rising level. Many at once reach the coordinators as one grouped message."""
+    async def alert_overdue(self, now: datetime) -> Pass:
+        """Alerts in the agency's chat, repeated every `overdue_repeat` with a rising level; each is
+        recorded as an event, which `report_overdue` tells the coordinators of."""
         async with self.outbox.unit() as u:
             due = await u.repo.due("next_alert_at", WORKING, now, BATCH)
-            alerted: list[tuple[Ticket, int]] = []
+            alerted = 0
             for ticket in due:
                 if ticket.due_at > now:  # a deadline moved on after the alert time was set
                     await u.repo.update_ticket(ticket.id, next_alert_at=ticket.due_at)
@@ -97,13 +123,28 @@ class Deadlines:
                         "citizen.overdue",
                         agency=self.render.agency(citizen.locale, ticket.agency_id),
                     )
-                alerted.append((ticket, level))
-            await self._alert_coordinators(u, alerted, now)
-            return len(alerted)
+                alerted += 1
+            return len(due), alerted
 
-    async def _alert_coordinators(self, u: Unit, alerted: list[tuple[Ticket, int]], now: datetime) -> None:
-        if not alerted:
-            return
+    async def report_overdue(self, now: datetime) -> int:
+        """The coordinators hear of every overdue alert raised since they were last told: a message per
+        ticket, or one for all when more than `group_threshold` came at once (a backlog is one message
+        however many passes it took). The alerts' events are what is owed, and a cursor, moved in the
+        transaction that queues the telling, marks what was told: alerts a crash kept from being told
+        are told by the next scan."""
+        async with self.outbox.unit() as u:
+            told = int(await u.repo.cursor(OVERDUE_REPORTED) or 0)
+            count, last, alerted = await u.repo.overdue_alerts_after(
+                told, max(self.policy.group_threshold, GROUP_LINES)
+            )
+            if count:
+                await self._alert_coordinators(u, count, alerted, now, last)
+                await u.repo.save_cursor(OVERDUE_REPORTED, str(last), now)
+            return count
+
+    async def _alert_coordinators(
+        self, u: Unit, count: int, alerted: list[tuple[Ticket, int]], now: datetime, last: int
+    ) -> None:
         chat_id = self.tickets.chats.coordinators_chat
         locale = self.tickets.chat_locale(chat_id)
         lines: list[str] = [
@@ -119,7 +160,7 @@ class Deadlines:
             )
             for ticket, level in alerted
         ]
-        if len(alerted) <= self.policy.group_threshold:
+        if count <= self.policy.group_threshold:
             for (ticket, level), line in zip(alerted, lines, strict=True):
                 text = self.t.render(locale, "coordinators.overdue", line=line)
                 await u.send(
@@ -131,17 +172,17 @@ class Deadlines:
                 )
             return
         shown = lines[:GROUP_LINES]
-        if len(lines) > GROUP_LINES:
-            shown.append(self.t.render(locale, "coordinators.more", number=len(lines) - GROUP_LINES))
-        header = self.t.plural(locale, "coordinators.overdue_group", len(alerted))
+        if count > GROUP_LINES:
+            shown.append(self.t.render(locale, "coordinators.more", number=count - GROUP_LINES))
+        header = self.t.plural(locale, "coordinators.overdue_group", count)
         await u.send(
             STAFF_PLATFORM,
             chat_id,
             Outgoing(Html("\n".join([header, "", *shown]))),
-            dedupe_key=f"coord-overdue-group:{now.isoformat()}:{alerted[0][0].id}",
+            dedupe_key=f"coord-overdue-group:{last}",
         )
 
-    async def update_citizens(self, now: datetime) -> int:
+    async def update_citizens(self, now: datetime) -> Pass:
         every = self.policy.citizen_update_every
         async with self.outbox.unit() as u:
             due = await u.repo.due("next_update_at", WORKING, now, BATCH)
@@ -159,13 +200,13 @@ class Deadlines:
                     status=self.render.status(citizen.locale, ticket.status),
                     deadline=self.render.local_time(ticket.due_at),
                 )
-            return len(due) if every else 0
+            return len(due), len(due) if every else 0
 
-    async def close_unconfirmed(self, now: datetime) -> int:
+    async def close_unconfirmed(self, now: datetime) -> Pass:
         """A resolved ticket whose citizen never answered "Solved?" is closed as solved."""
         after = self.policy.resolved_autoclose
         if after is None:
-            return 0
+            return 0, 0
         return await self._close(
             now,
             "resolved_at",
@@ -175,11 +216,11 @@ class Deadlines:
             ("citizen.auto_closed", "agency.auto_closed"),
         )
 
-    async def close_unanswered(self, now: datetime) -> int:
+    async def close_unanswered(self, now: datetime) -> Pass:
         """A ticket that waited too long for the citizen's information is closed as unanswered."""
         after = self.policy.need_info_timeout
         if after is None:
-            return 0
+            return 0, 0
         return await self._close(
             now,
             "waiting_since",
@@ -197,7 +238,7 @@ class Deadlines:
         after: timedelta,
         kind: EventKind,
         notices: tuple[str, str],
-    ) -> int:
+    ) -> Pass:
         citizen_key, agency_key = notices
         async with self.outbox.unit() as u:
             due = await u.repo.due(column, (status,), now - after, BATCH)
@@ -215,7 +256,7 @@ class Deadlines:
                 await self.tickets.tell_agency(u, closed, agency_key)
                 await self.tickets.refresh_cards(u, closed)
                 await self.tickets.close_feedback_buttons(u, citizen, closed)
-            return len(due)
+            return len(due), len(due)
 
     async def digest(self, now: datetime) -> int:
         """Once a day at `digest_at` local time: the last day per agency, and the longest overdue."""

@@ -208,6 +208,27 @@ class Repository:
             found.sort(key=lambda row: (row._mapping[column], row.id))
         return [_ticket(r) for r in found[:limit]]
 
+    async def overdue_alerts_after(
+        self, event_id: int, limit: int
+    ) -> tuple[int, int, list[tuple[Ticket, int]]]:
+        """The overdue alerts recorded after the event `event_id`, in the order they were raised: how
+        many, the id of the last, and the first `limit` as (the ticket as it is now, the alert's level).
+        Read through the index of overdue events alone."""
+        newer = sa.and_(_OVERDUE, ticket_events.c.id > event_id)
+        count, last = (
+            await self.conn.execute(sa.select(sa.func.count(), sa.func.max(ticket_events.c.id)).where(newer))
+        ).one()
+        if not count:
+            return 0, event_id, []
+        rows = await self.conn.execute(
+            sa.select(tickets, ticket_events.c.payload.label("alert"))
+            .join_from(ticket_events, tickets, ticket_events.c.ticket_id == tickets.c.id)
+            .where(newer)
+            .order_by(ticket_events.c.id)
+            .limit(limit)
+        )
+        return int(count), int(last), [(_ticket(r), int(r.alert["level"])) for r in rows]
+
     async def digest_counts(self, since: datetime, now: datetime) -> list[sa.Row[Any]]:
         """Per agency: filed and resolved since `since`, open now, overdue now."""
         open_statuses = [s.value for s in TicketStatus if s.is_open and s is not TicketStatus.resolved]
@@ -636,8 +657,10 @@ class Repository:
         return {str(platform): (int(count), oldest) for platform, count, oldest in rows}
 
 
-# Written out rather than bound, so the database knows the pending rows' own index serves the query.
+# Written out rather than bound, so the database knows the partial index of those rows serves the query:
+# the pending messages, the overdue alerts.
 _PENDING = outbox.c.status == sa.literal_column("'pending'")
+_OVERDUE = ticket_events.c.kind == sa.literal_column("'overdue'")
 
 
 def _pending_in(platform: Any, chat_id: Any) -> tuple[sa.ColumnElement[bool], ...]:

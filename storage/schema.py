@@ -104,6 +104,8 @@ ticket_media = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
+_OVERDUE = sa.text("kind = 'overdue'")
+
 ticket_events = sa.Table(
     "ticket_events",
     metadata,
@@ -113,6 +115,9 @@ ticket_events = sa.Table(
     sa.Column("actor", sa.String(64), nullable=False),
     sa.Column("payload", sa.JSON, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # The overdue alerts in order: the coordinators are told of those after a cursor, without reading
+    # the rest of the history.
+    sa.Index("ix_ticket_events_overdue", "id", sqlite_where=_OVERDUE, postgresql_where=_OVERDUE),
 )
 
 message_links = sa.Table(

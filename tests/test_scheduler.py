@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from bot import deadlines as deadlines_module
 from bot.clock import ManualClock
 from bot.config import Routing, parse_routing
 from bot.deadlines import Deadlines
@@ -19,7 +22,7 @@ from bot.i18n import Translator
 from bot.messages import Ref
 from bot.policy import Policy
 from bot.tickets import Staff, TicketService
-from storage.db import Database
+from storage.db import Database, migrate
 from storage.schema import outbox as outbox_table
 from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, TEST_ROUTING, WASTE_CHAT
 
@@ -135,6 +138,79 @@ async def test_many_overdue_at_once_reach_coordinators_as_one_message(db: Databa
     assert len(coordinators) == 1
     assert all(f"#T{n}" in coordinators[0] for n in numbers)
     assert len(texts(alerts, WASTE_CHAT)) == 4
+
+
+async def test_a_backlog_goes_in_short_passes_and_reaches_coordinators_as_one_message(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deadlines_module, "BATCH", 3)
+    desk = make_desk(
+        db, parse_routing(TEST_ROUTING), Policy(group_threshold=2, digest_at=None), ManualClock(MONDAY)
+    )
+    numbers = [await desk.file(40 + i) for i in range(7)]
+    # A write that comes while the first pass holds the write turn waits for that pass alone.
+    order: list[str] = []
+    writes: list[asyncio.Task[None]] = []
+    alert_overdue = desk.deadlines.alert_overdue
+
+    async def a_write() -> None:
+        async with db.transaction():
+            order.append("write")
+
+    async def one_pass(now: datetime) -> tuple[int, int]:
+        done = await alert_overdue(now)
+        order.append("pass")
+        return done
+
+    tell_agency = desk.tickets.tell_agency
+
+    async def telling(*args: Any, **kwargs: Any) -> None:
+        if not writes:  # inside the first pass's transaction
+            writes.append(asyncio.create_task(a_write()))
+            await asyncio.sleep(0)  # the write now waits for the turn
+        await tell_agency(*args, **kwargs)
+
+    monkeypatch.setattr(desk.deadlines, "alert_overdue", one_pass)
+    monkeypatch.setattr(desk.tickets, "tell_agency", telling)
+    alerts = await desk.at(MONDAY + timedelta(days=2))
+    await asyncio.wait_for(writes[0], 5)
+    assert order == ["pass", "write", "pass", "pass"]  # 3 + 3 + 1 tickets
+    assert len(texts(alerts, WASTE_CHAT)) == 7
+    coordinators = texts(alerts, COORDINATORS_CHAT)
+    assert len(coordinators) == 1
+    assert all(f"#T{n}" in coordinators[0] for n in numbers)
+
+
+async def test_alerts_a_crash_kept_from_the_coordinators_reach_them_at_the_next_scan(desk: Desk) -> None:
+    ticket = await desk.file(50)
+    await desk.new_messages()
+    late = MONDAY + timedelta(days=1, minutes=1)
+    desk.clock.set(late)
+    await desk.deadlines.alert_overdue(late)  # the pass committed; the process died before the report
+    passed = await desk.new_messages()
+    assert len(texts(passed, WASTE_CHAT)) == 1 and texts(passed, COORDINATORS_CHAT) == []
+    coordinators = texts(await desk.at(late + timedelta(minutes=1)), COORDINATORS_CHAT)
+    assert len(coordinators) == 1 and f"#T{ticket}" in coordinators[0]
+    assert await desk.at(late + timedelta(minutes=2)) == []
+
+
+async def test_the_upgrade_counts_earlier_alerts_as_told(empty_database_url: str) -> None:
+    await asyncio.to_thread(migrate, empty_database_url, "0006")
+    db = Database(empty_database_url)
+    try:
+        desk = make_desk(db, parse_routing(TEST_ROUTING), QUIET, ManualClock(MONDAY))
+        await desk.file(60)
+        late = MONDAY + timedelta(days=1, minutes=1)
+        await desk.deadlines.alert_overdue(late)  # alerted, and told, by the version before
+        await asyncio.to_thread(migrate, empty_database_url)
+        assert await desk.deadlines.report_overdue(late) == 0
+        ticket = await desk.file(61)
+        assert await desk.at(late + timedelta(days=1)) != []
+        async with desk.tickets.outbox.read() as repo:
+            assert (await repo.ticket(ticket)).overdue_level == 1
+        assert await desk.deadlines.report_overdue(late + timedelta(days=1)) == 0
+    finally:
+        await db.close()
 
 
 async def test_need_info_pauses_the_clock(desk: Desk) -> None:
