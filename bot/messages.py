@@ -5,7 +5,7 @@ Outbox rows carry these as JSON; each platform's messenger turns them into API c
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from bot.domain import Action, Attachment, Draft, MediaKind, Platform, TicketStatus
@@ -50,8 +50,13 @@ class Outgoing:
     or_send: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Field by field rather than `dataclasses.asdict`, which deep-copies every value on the way: an
+        # outbox row is written for each message the bot sends.
+        data = {name: getattr(self, name) for name in _OUTGOING_FIELDS}
         data["photos"] = [attachment_to_json(p) for p in self.photos]
+        data["buttons"] = [[{"text": b.text, "data": b.data} for b in row] for row in self.buttons]
+        data["reply_to"] = _ref_to_json(self.reply_to)
+        data["edit"] = _ref_to_json(self.edit)
         return data
 
     @classmethod
@@ -73,6 +78,14 @@ class Outgoing:
     def as_new(self) -> Outgoing:
         """This edit as a message of its own."""
         return replace(self, edit=None, buttons_only=False, or_send=False)
+
+
+_OUTGOING_FIELDS = tuple(f.name for f in fields(Outgoing))
+_REF_FIELDS = tuple(f.name for f in fields(Ref))
+
+
+def _ref_to_json(ref: Ref | None) -> dict[str, Any] | None:
+    return None if ref is None else {name: getattr(ref, name) for name in _REF_FIELDS}
 
 
 def attachment_to_json(a: Attachment) -> dict[str, str]:
@@ -100,9 +113,12 @@ def attachment_from_json(d: dict[str, str]) -> Attachment:
 
 
 def draft_to_json(draft: Draft) -> dict[str, Any]:
-    data = asdict(draft)
+    data = {name: getattr(draft, name) for name in _DRAFT_FIELDS}
     data["photos"] = [attachment_to_json(p) for p in draft.photos]
     return data
+
+
+_DRAFT_FIELDS = tuple(f.name for f in fields(Draft))
 
 
 def draft_from_json(data: object) -> Draft | None:
