@@ -12,11 +12,13 @@ from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.methods import EditMessageReplyMarkup, SendMessage
+from aiogram.types import Message
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bot.delivery.base import TransientError
+from bot.delivery.base import PermanentError, TransientError
 from bot.delivery.telegram import TelegramMessenger, TelegramSession
+from bot.domain import Attachment, MediaKind, Platform
 from bot.messages import Outgoing
 from tests.conftest import TOKEN
 
@@ -39,6 +41,9 @@ async def test_a_proxy_error_page_is_a_transient_failure() -> None:
             await bot.session.close()
 
 
+MESSAGE = {"message_id": 1, "date": 0, "chat": {"id": 1, "type": "private"}, "text": "hi"}
+
+
 async def _no_fetch(_: object) -> bytes:
     raise AssertionError("nothing to fetch")
 
@@ -58,13 +63,12 @@ async def test_the_session_builds_a_response_model_once_per_result_type(
     monkeypatch.setattr(pydantic_generics, "create_generic_submodel", counted)
     # As in a fresh process: whatever earlier tests built is forgotten.
     pydantic_generics._GENERIC_TYPES_CACHE.clear()
-    message = {"message_id": 1, "date": 0, "chat": {"id": 1, "type": "private"}, "text": "hi"}
     session = TelegramSession()
     bot = Bot(TOKEN, session=session)
     try:
         for _ in range(3):
             session.check_response(
-                bot, SendMessage(chat_id=1, text="hi"), 200, json.dumps({"ok": True, "result": message})
+                bot, SendMessage(chat_id=1, text="hi"), 200, json.dumps({"ok": True, "result": MESSAGE})
             )
             session.check_response(
                 bot,
@@ -76,3 +80,50 @@ async def test_the_session_builds_a_response_model_once_per_result_type(
     finally:
         await session.close()
     assert sorted(built) == ["Response[Message]", "Response[Union[Message, bool]]"]
+
+
+async def test_the_messenger_reads_only_the_ids_of_what_it_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sent message comes back whole; building aiogram's objects of it is left to callers that read
+    them. Failures still go through aiogram's check, and calls made elsewhere get whole messages."""
+    answers = {
+        "sendMessage": (200, {"ok": True, "result": {**MESSAGE, "message_id": 41}}),
+        "sendMediaGroup": (
+            200,
+            {"ok": True, "result": [{**MESSAGE, "message_id": 42}, {**MESSAGE, "message_id": 43}]},
+        ),
+        "editMessageText": (
+            400,
+            {"ok": False, "error_code": 400, "description": "Bad Request: message to edit not found"},
+        ),
+    }
+
+    async def api(request: web.Request) -> web.Response:
+        status, body = answers[request.match_info["method"]]
+        return web.json_response(body, status=status)
+
+    checked: list[str] = []
+    aiogram_check = AiohttpSession.check_response
+
+    def check(self: AiohttpSession, bot: Bot, method: Any, status_code: int, content: str) -> Any:
+        checked.append(method.__api_method__)
+        return aiogram_check(self, bot, method, status_code, content)
+
+    monkeypatch.setattr(AiohttpSession, "check_response", check)
+    app = web.Application()
+    app.router.add_route("POST", "/bot{token}/{method}", api)
+    async with TestServer(app, host="127.0.0.1") as server:
+        session = TelegramSession(api=TelegramAPIServer.from_base(str(server.make_url(""))))
+        bot = Bot(TOKEN, session=session)
+        messenger = TelegramMessenger(bot, fetch=_no_fetch)
+        try:
+            assert await messenger.send(1, Outgoing("hello"), None) == [41]
+            album = [Attachment(MediaKind.photo, Platform.telegram, f"photo-{n}") for n in range(2)]
+            assert await messenger.send(1, Outgoing("", photos=album), None) == [42, 43]
+            assert checked == []
+            with pytest.raises(PermanentError, match="message to edit not found"):
+                await messenger.edit(1, 41, Outgoing("again"))
+            assert checked == ["editMessageText"]
+            sent = await bot.send_message(1, "hello")
+            assert isinstance(sent, Message) and sent.text == "hi" and sent.chat.id == 1
+        finally:
+            await session.close()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import partial
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 from aiogram import Bot
@@ -45,12 +48,31 @@ NO_CAPTION = "there is no caption in the message to edit"
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What the messenger keeps of a message Telegram answers a send or an edit with: its id."""
+
+    message_id: int
+
+
+# Set while the messenger makes a call (`_call`): the session then answers with `Sent` in place of
+# aiogram's `Message`, which the messenger would build only to read its id.
+_IDS_ONLY: ContextVar[bool] = ContextVar("telegram_ids_only", default=False)
+_RESPONSE = Response[Any]
+
+
 class TelegramSession(AiohttpSession):
-    """aiogram's HTTP session, keeping the response models it builds.
+    """aiogram's HTTP session, keeping the response models it builds, and building none for the
+    messenger's sends.
 
     aiogram parses every answer as `Response[<the method's result type>]`; pydantic caches such a model
     only while something else holds it, so once the garbage collector has run it builds the model again,
     several milliseconds each time. Holding one per result type keeps that to once per process.
+
+    A sent message comes back whole (its chat, sender, text, entities, photo sizes, keyboard), and
+    validating it into aiogram's objects cost more than any other part of a call. The messenger reads
+    only the message's id, so its calls get `Sent`; an answer that is not a success goes through
+    aiogram's own check, with its exceptions, as does every call made elsewhere.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -60,6 +82,13 @@ class TelegramSession(AiohttpSession):
     def check_response(
         self, bot: Bot, method: TelegramMethod[T], status_code: int, content: str
     ) -> Response[T]:
+        if _IDS_ONLY.get() and HTTPStatus.OK <= status_code <= HTTPStatus.IM_USED:
+            try:
+                answer = self.json_loads(content)
+            except ValueError:
+                answer = None  # aiogram's check below says so
+            if isinstance(answer, dict) and answer.get("ok") is True:
+                return _RESPONSE.model_construct(ok=True, result=_sent(answer.get("result")))
         returning = method.__returning__
         if returning not in self._responses:
             self._responses[returning] = Response[returning]  # type: ignore[valid-type]
@@ -276,6 +305,14 @@ class TelegramMessenger:
         )
 
 
+def _sent(result: Any) -> Any:
+    if isinstance(result, dict) and "message_id" in result:
+        return Sent(int(result["message_id"]))
+    if isinstance(result, list):
+        return [_sent(item) for item in result]
+    return result
+
+
 def in_caption(message: Outgoing) -> bool:
     """Whether the text goes as the caption of the photos rather than as a message after them: a short
     text without buttons on any photos; with buttons, on a single photo (an album takes no buttons),
@@ -313,6 +350,9 @@ async def _ids(request: Callable[[], Awaitable[Message]]) -> list[int]:
 
 
 async def _call(request: Callable[[], Awaitable[T]]) -> T:
+    """The request's result, with messages as `Sent` (all the messenger reads of them is the id), or its
+    failure as the outbox's retry decision."""
+    ids_only = _IDS_ONLY.set(True)
     try:
         return await request()
     except TelegramRetryAfter as error:
@@ -332,3 +372,5 @@ async def _call(request: Callable[[], Awaitable[T]]) -> T:
     except ClientDecodeError as error:
         # Not JSON: a proxy's error page in front of the Bot API, worth trying again later.
         raise TransientError(f"undecodable answer: {error.message}") from None
+    finally:
+        _IDS_ONLY.reset(ids_only)
