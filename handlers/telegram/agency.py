@@ -19,16 +19,16 @@ from bot.domain import Action, DomainError, Platform, TicketStatus
 from bot.messages import Outgoing, Ref
 from bot.tickets import TicketService
 
-from .common import answer, photos, staff
+from .common import Where, answer, photos, staff
 
 
 def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
     router = Router(name="staff")
     # Looked up on every update, so a chat that moved (group → supergroup) keeps its authority.
-    router.message.filter(F.chat.id.func(chats.is_staff_chat))
-    router.callback_query.filter(F.message.chat.id.func(chats.is_staff_chat))
+    router.message.filter(Where(F.chat.id.func(chats.is_staff_chat)))
+    router.callback_query.filter(Where(F.message.chat.id.func(chats.is_staff_chat)))
 
-    @router.my_chat_member(F.chat.id.func(chats.is_staff_chat))
+    @router.my_chat_member(Where(F.chat.id.func(chats.is_staff_chat)))
     async def membership(update: ChatMemberUpdated, tickets: TicketService) -> None:
         """The bot was removed from (or added back to) an agency's or the coordinators' chat."""
         if update.new_chat_member.status in (ChatMemberStatus.KICKED, ChatMemberStatus.LEFT):
@@ -36,12 +36,12 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
         else:
             await tickets.staff_chat_back(update.chat.id)
 
-    @router.message(F.migrate_to_chat_id)
+    @router.message(Where(F.migrate_to_chat_id))
     async def migrated(message: Message, tickets: TicketService) -> None:
         assert message.migrate_to_chat_id is not None
         await tickets.chat_migrated(Platform.telegram, message.chat.id, message.migrate_to_chat_id)
 
-    @router.callback_query(F.data.startswith("t:"))
+    @router.callback_query(Where(F.data.startswith("t:")))
     async def card_button(query: CallbackQuery, tickets: TicketService) -> None:
         assert query.message is not None and query.data is not None
         parts = query.data.split(":")
@@ -63,7 +63,7 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
             return
         await answer(query, tickets.staff_text(who.chat_id, key))
 
-    @router.callback_query(F.data.regexp(r"^x:[a-z0-9_-]{1,32}:\d{1,18}$"))
+    @router.callback_query(Where(F.data.regexp(r"^x:[a-z0-9_-]{1,32}:\d{1,18}$")))
     async def transfer_to(query: CallbackQuery, tickets: TicketService) -> None:
         assert query.message is not None and query.data is not None
         _, agency_id, ticket_id = query.data.split(":")
@@ -77,7 +77,7 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
             return
         await answer(query, tickets.staff_text(who.chat_id, key))
 
-    @router.callback_query(F.data.regexp(r"^b:\d{1,18}$"))
+    @router.callback_query(Where(F.data.regexp(r"^b:\d{1,18}$")))
     async def back_to_card(query: CallbackQuery, tickets: TicketService) -> None:
         assert query.message is not None and query.data is not None
         who = staff(query.message, query.from_user)
@@ -121,7 +121,7 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
             message.message_id,
         )
 
-    @router.message(F.reply_to_message)
+    @router.message(Where(F.reply_to_message))
     async def reply(message: Message, tickets: TicketService, outbox: Outbox) -> None:
         assert message.reply_to_message is not None
         async with outbox.read() as repo:

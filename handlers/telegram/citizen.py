@@ -12,7 +12,7 @@ from bot.domain import Location, Platform
 from bot.messages import Ref
 from bot.tickets import TicketService
 
-from .common import answer, document_too_big, person, photos, text_of, unsupported_kind
+from .common import Where, answer, document_too_big, person, photos, text_of, unsupported_kind
 from .middlewares import AlbumMiddleware
 
 COMMANDS = ("help", "cancel", "my", "status", "lang", "new")
@@ -20,9 +20,9 @@ COMMANDS = ("help", "cancel", "my", "status", "lang", "new")
 
 def citizen_router(album_wait: float) -> Router:
     router = Router(name="citizen")
-    router.message.filter(F.chat.type == ChatType.PRIVATE)
-    router.edited_message.filter(F.chat.type == ChatType.PRIVATE)
-    router.callback_query.filter(F.message.chat.type == ChatType.PRIVATE)
+    router.message.filter(Where(F.chat.type == ChatType.PRIVATE))
+    router.edited_message.filter(Where(F.chat.type == ChatType.PRIVATE))
+    router.callback_query.filter(Where(F.message.chat.type == ChatType.PRIVATE))
     router.message.middleware(AlbumMiddleware(album_wait))
 
     @router.message(CommandStart())
@@ -33,7 +33,7 @@ def citizen_router(album_wait: float) -> Router:
     async def command(message: Message, command: CommandObject, dialog: CitizenDialog) -> None:
         await dialog.command(person(message), command.command.lower(), command.args or "")
 
-    @router.message(F.text.startswith("/"))
+    @router.message(Where(F.text.startswith("/")))
     async def unknown_command(message: Message, dialog: CitizenDialog) -> None:
         await dialog.command(person(message), "")
 
@@ -59,7 +59,7 @@ def citizen_router(album_wait: float) -> Router:
     async def edited(message: Message, dialog: CitizenDialog) -> None:
         await dialog.notice(person(message), "dialog.edit_ignored")
 
-    @router.my_chat_member(F.chat.type == ChatType.PRIVATE)
+    @router.my_chat_member(Where(F.chat.type == ChatType.PRIVATE))
     async def membership(update: ChatMemberUpdated, tickets: TicketService) -> None:
         """Telegram's word that a citizen blocked (or unblocked) the bot."""
         if update.new_chat_member.status in (ChatMemberStatus.KICKED, ChatMemberStatus.LEFT):

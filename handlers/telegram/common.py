@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiogram.exceptions import TelegramBadRequest
-from aiogram.types import CallbackQuery, InaccessibleMessage, Message, User
+from aiogram.filters import Filter
+from aiogram.types import CallbackQuery, InaccessibleMessage, Message, TelegramObject, User
+from aiogram.utils.magic_filter import MagicFilter
 
 from bot.dialog import Person
 from bot.domain import Attachment, MediaKind, Platform
@@ -29,6 +32,18 @@ UNSUPPORTED = (
     "story",
     "paid_media",
 )
+
+
+class Where(Filter):
+    """A magic filter (`F.chat.type == ...`) checked on the event loop. aiogram runs a filter that is a
+    plain callable, as `F` resolves to, in a worker thread (`asyncio.to_thread`): a thread hop per
+    check, for a few attribute reads, on every update. A `Filter`'s own coroutine runs in place."""
+
+    def __init__(self, magic: MagicFilter) -> None:
+        self.magic = magic
+
+    async def __call__(self, event: TelegramObject) -> Any:
+        return self.magic.resolve(event)
 
 
 def person(message: Message | InaccessibleMessage, user: User | None = None) -> Person:
