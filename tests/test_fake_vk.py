@@ -488,6 +488,11 @@ async def test_edit_and_read_back(fake: FakeVK, api: API) -> None:
     assert "update_time" in items[0]
     typed = await api.messages.get_by_id(message_ids=[message_id])
     assert typed.items[0].text == "Решено"
+    numbered = await api.request(
+        "messages.getByConversationMessageId",
+        {"peer_id": ANNA, "conversation_message_ids": f"{items[1]['conversation_message_id']},999"},
+    )
+    assert [m["id"] for m in numbered["response"]["items"]] == [incoming["id"]]
     conversations = await api.messages.get_conversations_by_id(peer_ids=[ANNA, BORIS])
     assert [c.peer.id for c in conversations.items] == [ANNA]
     assert conversations.items[0].last_message_id == incoming["id"]

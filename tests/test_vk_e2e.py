@@ -149,6 +149,22 @@ async def test_a_pressed_vk_prompt_becomes_the_next_step(both: VkWorld) -> None:
     assert len(edits) == 2 and all("conversation_message_id" in edit for edit in edits)
 
 
+async def test_a_category_pressed_on_an_older_vk_prompt_takes_that_prompts_buttons_off(both: VkWorld) -> None:
+    vk = both.vk
+    await vk.send_text(ANNA, "/new")
+    older = await both.keyboard(ANNA, "c:")
+    await vk.send_text(ANNA, "/new")
+    newer = await vk.wait_for_message(
+        ANNA, lambda m: m["id"] > older["id"] and bool(vk.button_payloads(m)), timeout=TIMEOUT
+    )
+    await both.press(ANNA, newer, "c:potholes")
+    await both.keyboard(ANNA, "d:cancel")
+    await both.press(ANNA, older, "c:garbage")  # changes the category; the next step comes below
+    await vk.wait_until(lambda: vk.button_payloads(vk.get_message(older["id"]) or {}) == [])
+    assert vk.get_message(older["id"])["text"] == older["text"]  # type: ignore[index]
+    assert vk.calls("messages.getByConversationMessageId")
+
+
 async def test_a_document_from_the_agency_reaches_the_vk_citizen_unless_vk_refuses_it(
     both: VkWorld,
 ) -> None:
@@ -201,10 +217,30 @@ async def test_vk_need_info_round_trip_and_resolution(both: VkWorld) -> None:
     assert [p["d"] for p in both.vk.button_payloads(solved)] == [f"f:yes:{number}", f"f:no:{number}"]
     await both.press(ANNA, solved, f"f:no:{number}")
     await both.world.card_shows(ROADS_CHAT, number, TicketStatus.in_progress)
+    # The question is settled: its buttons go, its words stay.
+    await both.vk.wait_until(lambda: both.vk.button_payloads(both.vk.get_message(solved["id"]) or {}) == [])
+    assert both.vk.get_message(solved["id"])["text"] == solved["text"]  # type: ignore[index]
     await tg.send_text(ROADS_STAFF, "/resolve Теперь точно", chat_id=ROADS_CHAT, reply_to=card["message_id"])
     again = await both.says(ANNA, "Теперь точно")
     await both.press(ANNA, again, f"f:yes:{number}")
     await both.world.card_shows(ROADS_CHAT, number, TicketStatus.closed)
+
+
+async def test_a_vk_resolution_keeps_its_photo_when_its_buttons_go(both: VkWorld) -> None:
+    tg = both.world.tg
+    number = await both.file_report(ANNA)
+    card = await both.world.card(ROADS_CHAT, number)
+    await tg.send_photo(
+        ROADS_STAFF, "/resolve Заасфальтировали", chat_id=ROADS_CHAT, reply_to=card["message_id"]
+    )
+    solved = await both.says(ANNA, "Заасфальтировали")
+    assert [a["type"] for a in solved["attachments"]] == ["photo"]
+    await both.press(ANNA, solved, f"f:yes:{number}")
+    await both.world.card_shows(ROADS_CHAT, number, TicketStatus.closed)
+    await both.vk.wait_until(lambda: both.vk.button_payloads(both.vk.get_message(solved["id"]) or {}) == [])
+    now = both.vk.get_message(solved["id"])
+    assert now is not None and now["text"] == solved["text"]
+    assert [a["photo"]["id"] for a in now["attachments"]] == [a["photo"]["id"] for a in solved["attachments"]]
 
 
 async def test_vk_rejection_and_transfer_reach_the_citizen(both: VkWorld) -> None:

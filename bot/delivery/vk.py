@@ -82,10 +82,6 @@ class VkMessenger:
         return [int(await self._call("messages.send", params))]
 
     async def edit(self, chat_id: int, message_id: int, message: Outgoing) -> None:
-        if message.buttons_only:
-            # Taking buttons off would mean re-sending the text; a stale button is refused by the
-            # dialog anyway, so VK keeps its keyboards.
-            return
         by = "conversation_message_id" if message.edit and message.edit.in_conversation else "message_id"
         params: dict[str, Any] = {
             "peer_id": chat_id,
@@ -94,9 +90,29 @@ class VkMessenger:
             "keep_forward_messages": 1,
             "keep_snippets": 1,
         }
+        if message.buttons_only:
+            # VK keeps nothing an edit does not send again (text, photos, keyboard): new buttons, or
+            # none, go with the message as it stands.
+            current = await self._current(chat_id, by, message_id)
+            params["message"] = str(current.get("text") or "")
+            if attached := _attachment_refs(current.get("attachments") or []):
+                params["attachment"] = attached
         if markup := keyboard(message.buttons):
             params["keyboard"] = markup
         await self._call("messages.edit", params)
+
+    async def _current(self, peer_id: int, by: str, message_id: int) -> dict[str, Any]:
+        if by == "message_id":
+            found = await self._call("messages.getById", {"message_ids": message_id})
+        else:
+            found = await self._call(
+                "messages.getByConversationMessageId",
+                {"peer_id": peer_id, "conversation_message_ids": message_id},
+            )
+        items = found.get("items") if isinstance(found, dict) else None
+        if not items:
+            raise PermanentError("not_found", f"VK message {by}={message_id} in {peer_id} is gone")
+        return dict(items[0])
 
     async def _document(self, peer_id: int, document: Attachment) -> str | None:
         """The document uploaded for the peer; None when VK refuses the file (an executable, say): the
@@ -136,6 +152,18 @@ class VkMessenger:
         if not isinstance(response, dict) or "response" not in response:
             raise TransientError(f"{method}: unexpected answer")
         return response["response"]
+
+
+def _attachment_refs(attachments: list[dict[str, Any]]) -> str:
+    """A message's photos and documents as an edit names them again: photo{owner}_{id}[_{access_key}]."""
+    refs = []
+    for attachment in attachments:
+        kind = attachment.get("type")
+        item = attachment.get(kind) if kind in ("photo", "doc") else None
+        if isinstance(item, dict) and "owner_id" in item and "id" in item:
+            key = f"_{item['access_key']}" if item.get("access_key") else ""
+            refs.append(f"{kind}{item['owner_id']}_{item['id']}{key}")
+    return ",".join(refs)
 
 
 def _translate(error: VKAPIError) -> Exception:

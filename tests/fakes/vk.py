@@ -116,6 +116,7 @@ METHODS = (
     "messages.edit",
     "messages.sendMessageEventAnswer",
     "messages.getById",
+    "messages.getByConversationMessageId",
     "messages.getConversationsById",
     "photos.getMessagesUploadServer",
     "photos.saveMessagesPhoto",
@@ -1267,6 +1268,15 @@ class FakeVK(FakeServer):
         if not ids:
             raise _invalid("message_ids is undefined")
         items = [self._vk_message(self._by_id[i]) for i in ids if i in self._by_id]
+        return {"count": len(items), "items": items}
+
+    async def _api_messages_get_by_conversation_message_id(self, params: JSON) -> Any:
+        peer_id = self._int(params, "peer_id")
+        wanted = self._int_list(params, "conversation_message_ids")
+        if not wanted:
+            raise _invalid("conversation_message_ids is undefined")
+        by_number = {m["conversation_message_id"]: m for m in self._messages.get(peer_id, [])}
+        items = [self._vk_message(by_number[n]) for n in wanted if n in by_number]
         return {"count": len(items), "items": items}
 
     async def _api_messages_get_conversations_by_id(self, params: JSON) -> Any:
