@@ -189,6 +189,18 @@ async def test_a_document_from_the_agency_reaches_the_vk_citizen_unless_vk_refus
     assert answer["attachments"] == []
     assert len(vk.docs) == 1
 
+    # A document without a name is named after its type: VK takes no file without an extension.
+    await tg.send_document(
+        ROADS_STAFF,
+        file_name=None,
+        mime_type="application/pdf",
+        caption="Схема",
+        chat_id=ROADS_CHAT,
+        reply_to=card["message_id"],
+    )
+    unnamed = await both.says(ANNA, "Схема")
+    assert [a["doc"]["title"] for a in unnamed["attachments"] if a["type"] == "doc"] == ["document.pdf"]
+
 
 async def test_a_vk_album_is_one_report(both: VkWorld) -> None:
     await both.vk.send_photos(ANNA, 3, "Мусор у подъезда")  # the quick path: text and photos first

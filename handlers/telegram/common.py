@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import mimetypes
 from typing import Any
 
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Filter
-from aiogram.types import CallbackQuery, InaccessibleMessage, Message, TelegramObject, User
+from aiogram.types import CallbackQuery, Document, InaccessibleMessage, Message, TelegramObject, User
 from aiogram.utils.magic_filter import MagicFilter
 
 from bot.dialog import Person
@@ -72,6 +73,14 @@ def document_too_big(message: Message) -> bool:
     return bool(message.document and (message.document.file_size or 0) > DOCUMENT_LIMIT)
 
 
+def document_name(document: Document) -> str:
+    """Its file name; one sent without a name is named after its type ("document.pdf"): VK takes a file
+    only with an extension, and shows its type by it."""
+    if document.file_name:
+        return document.file_name
+    return "document" + (mimetypes.guess_extension(document.mime_type or "") or ".bin")
+
+
 def photos(messages: list[Message]) -> list[Attachment]:
     """The photos of the messages (the largest size of each) and their documents, as attachments."""
     result = []
@@ -83,7 +92,7 @@ def photos(messages: list[Message]) -> list[Attachment]:
                     platform=Platform.telegram,
                     file_id=message.document.file_id,
                     file_unique_id=message.document.file_unique_id,
-                    name=message.document.file_name or "",
+                    name=document_name(message.document),
                 )
             )
         if message.photo:

@@ -641,15 +641,17 @@ class FakeTelegram(FakeServer):
     async def send_document(
         self,
         user_id: int,
-        file_name: str = "a.pdf",
+        file_name: str | None = "a.pdf",
         file_size: int = 50_000,
         mime_type: str | None = None,
         chat_id: int | None = None,
         caption: str | None = None,
         reply_to: JSON | int | tuple[int, int] | None = None,
     ) -> JSON:
-        mime = mime_type or mimetypes.guess_type(file_name)[0] or "application/octet-stream"
-        record = self._new_file("document", file_size, meta={"file_name": file_name, "mime_type": mime})
+        """A document; `file_name=None` sends one without a name, as some clients and bots do."""
+        mime = mime_type or mimetypes.guess_type(file_name or "")[0] or "application/octet-stream"
+        meta = {"mime_type": mime} if file_name is None else {"file_name": file_name, "mime_type": mime}
+        record = self._new_file("document", file_size, meta=meta)
         content = {"document": self._media_json(record), **self._incoming_caption(caption)}
         return self._incoming(user_id, chat_id, content, reply_to)
 
@@ -1100,7 +1102,10 @@ class FakeTelegram(FakeServer):
         meta = record["meta"]
         body: JSON = {}
         if kind == "document":
-            body = {"file_name": meta.get("file_name", "file.bin"), "mime_type": meta.get("mime_type")}
+            # A document's name is optional in the Bot API; one sent without a name has none.
+            body = {"mime_type": meta.get("mime_type")}
+            if meta.get("file_name"):
+                body["file_name"] = meta["file_name"]
         elif kind == "video":
             body = {
                 "duration": meta.get("duration", 10),
