@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 
 from bot import deadlines as deadlines_module
 from bot.clock import ManualClock
@@ -308,6 +309,34 @@ async def test_a_scan_reads_only_due_rows_through_an_index(desk: Desk) -> None:
             detail = " ".join(str(row[-1]) for row in plan)
             assert f"ix_tickets_status_{column}" in detail, detail
             assert "TEMP B-TREE" not in detail, f"every due row would be sorted: {detail}"
+
+
+async def test_the_coordinators_report_reads_the_alerts_it_owes_through_their_own_index(desk: Desk) -> None:
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "ticket_events" in statement and statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    await desk.file(70)
+    engines = {desk.db.engine.sync_engine, desk.db._writer.sync_engine}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", capture)
+    try:
+        assert len(texts(await desk.at(MONDAY + timedelta(days=2)), COORDINATORS_CHAT)) == 1
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", capture)
+    assert len(statements) == 2  # how many are owed, then the first of them
+    async with desk.db.read() as conn:
+        explain = "EXPLAIN QUERY PLAN"
+        if desk.db.is_postgres:
+            await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            explain = "EXPLAIN"
+        for statement, parameters in statements:
+            plan = await conn.exec_driver_sql(f"{explain} {statement}", parameters)
+            detail = " ".join(str(row[-1]) for row in plan)
+            assert "ix_ticket_events_overdue" in detail, detail
 
 
 async def test_working_day_deadlines_skip_weekends_and_holidays(db: Database) -> None:
