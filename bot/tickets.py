@@ -669,13 +669,17 @@ class TicketService:
         for chat_id in chats:
             if chat_id in skip:
                 continue
+            # The edit goes to the card's caption or its text by the photos the card went with; the card
+            # counts all there are now.
+            posted = await u.repo.linked_at(ticket.id, STAFF_PLATFORM, chat_id, "card")
+            went_with = photos if posted is None else await u.repo.media(ticket.id, "citizen", until=posted)
             locale = self.chat_locale(chat_id)
             await u.send(
                 STAFF_PLATFORM,
                 chat_id,
                 Outgoing(
                     self.render.card(locale, ticket, ticket.citizen_id, len(photos)),
-                    photos=list(photos),
+                    photos=went_with,
                     buttons=self.render.card_buttons(locale, ticket),
                     edit=Ref(ticket_id=ticket.id, role="card"),
                 ),

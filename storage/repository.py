@@ -281,10 +281,15 @@ class Repository:
             ],
         )
 
-    async def media(self, ticket_id: int, source: str | None = None) -> list[Attachment]:
+    async def media(
+        self, ticket_id: int, source: str | None = None, until: datetime | None = None
+    ) -> list[Attachment]:
+        """The ticket's files in the order they came; with `until`, those it had then."""
         query = sa.select(ticket_media).where(ticket_media.c.ticket_id == ticket_id)
         if source is not None:
             query = query.where(ticket_media.c.source == source)
+        if until is not None:
+            query = query.where(ticket_media.c.created_at <= until)
         rows = await self.conn.execute(query.order_by(ticket_media.c.id))
         return [
             Attachment(
@@ -370,6 +375,21 @@ class Repository:
             )
         ).first()
         return (row.ticket_id, row.role) if row else None
+
+    async def linked_at(self, ticket_id: int, platform: Platform, chat_id: int, role: str) -> datetime | None:
+        """When the latest message of `role` about the ticket in the chat went (its link was recorded)."""
+        value: datetime | None = await self.conn.scalar(
+            sa.select(message_links.c.created_at)
+            .where(
+                message_links.c.ticket_id == ticket_id,
+                message_links.c.platform == platform.value,
+                message_links.c.chat_id == chat_id,
+                message_links.c.role == role,
+            )
+            .order_by(message_links.c.id.desc())
+            .limit(1)
+        )
+        return value
 
     async def latest_linked_message(
         self, ticket_id: int, platform: Platform, chat_id: int, role: str

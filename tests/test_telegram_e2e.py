@@ -118,10 +118,12 @@ async def test_a_photo_card_still_follows_its_ticket_once_the_citizen_added_phot
     await world.recorded(ALICE, registered["message_id"])
     await tg.send_photo(ALICE, caption="Вот ещё снимок", reply_to=registered["message_id"])
     await world.bot_says(ROADS_CHAT, lambda m: "Вот ещё снимок" in (m.get("caption") or ""))
-    # Two photos now: the card's edit is tried as text first, and Telegram's refusal turns it to the caption.
+    # Two photos now, but the card went with one: its edit goes to the caption, with no refused try first.
     await tg.press(ROADS_STAFF, card, f"t:take:{number}:new")
     taken = await world.card_shows(ROADS_CHAT, number, TicketStatus.in_progress)
     assert taken["message_id"] == card["message_id"] and "Яма у подъезда" in taken["caption"]
+    assert world.t.plural("ru", "card.photos", 2) in taken["caption"]  # the card counts both
+    assert [c for c in tg.calls("editMessageText") if c.get("message_id") == card["message_id"]] == []
 
 
 async def test_quick_path_asks_only_for_what_is_missing(world: World) -> None:
