@@ -661,18 +661,19 @@ class TicketService:
         self, u: Unit, ticket: Ticket, skip: frozenset[int] | set[int] = frozenset()
     ) -> None:
         """Make every card of the ticket show its current status and the buttons that status allows."""
-        chats = [self.agency_chat(ticket.agency_id)]
-        coordinators = self.chats.coordinators_chat
-        if await u.repo.latest_linked_message(ticket.id, STAFF_PLATFORM, coordinators, "card") is not None:
-            chats.append(coordinators)
-        photos = await u.repo.media(ticket.id, source="citizen")
-        for chat_id in chats:
+        # The chats with a card, and when it went: the agency's always (an edit queued before its card
+        # went finds it once sent), the coordinators' if they were shown one.
+        agency, coordinators = self.agency_chat(ticket.agency_id), self.chats.coordinators_chat
+        chats = {agency: await u.repo.linked_at(ticket.id, STAFF_PLATFORM, agency, "card")}
+        if (shown := await u.repo.linked_at(ticket.id, STAFF_PLATFORM, coordinators, "card")) is not None:
+            chats[coordinators] = shown
+        photos = await u.repo.media_added(ticket.id, source="citizen")
+        for chat_id, posted in chats.items():
             if chat_id in skip:
                 continue
             # The edit goes to the card's caption or its text by the photos the card went with; the card
             # counts all there are now.
-            posted = await u.repo.linked_at(ticket.id, STAFF_PLATFORM, chat_id, "card")
-            went_with = photos if posted is None else await u.repo.media(ticket.id, "citizen", until=posted)
+            went_with = [photo for photo, added in photos if posted is None or added <= posted]
             locale = self.chat_locale(chat_id)
             await u.send(
                 STAFF_PLATFORM,

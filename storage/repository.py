@@ -281,23 +281,28 @@ class Repository:
             ],
         )
 
-    async def media(
-        self, ticket_id: int, source: str | None = None, until: datetime | None = None
-    ) -> list[Attachment]:
-        """The ticket's files in the order they came; with `until`, those it had then."""
+    async def media(self, ticket_id: int, source: str | None = None) -> list[Attachment]:
+        """The ticket's files in the order they came."""
+        return [attachment for attachment, _ in await self.media_added(ticket_id, source)]
+
+    async def media_added(
+        self, ticket_id: int, source: str | None = None
+    ) -> list[tuple[Attachment, datetime]]:
+        """The ticket's files in the order they came, each with when it came."""
         query = sa.select(ticket_media).where(ticket_media.c.ticket_id == ticket_id)
         if source is not None:
             query = query.where(ticket_media.c.source == source)
-        if until is not None:
-            query = query.where(ticket_media.c.created_at <= until)
         rows = await self.conn.execute(query.order_by(ticket_media.c.id))
         return [
-            Attachment(
-                kind=MediaKind(r.kind),
-                platform=Platform(r.platform),
-                file_id=r.file_id,
-                file_unique_id=r.file_unique_id,
-                url=r.url,
+            (
+                Attachment(
+                    kind=MediaKind(r.kind),
+                    platform=Platform(r.platform),
+                    file_id=r.file_id,
+                    file_unique_id=r.file_unique_id,
+                    url=r.url,
+                ),
+                r.created_at,
             )
             for r in rows
         ]
@@ -379,15 +384,7 @@ class Repository:
     async def linked_at(self, ticket_id: int, platform: Platform, chat_id: int, role: str) -> datetime | None:
         """When the latest message of `role` about the ticket in the chat went (its link was recorded)."""
         value: datetime | None = await self.conn.scalar(
-            sa.select(message_links.c.created_at)
-            .where(
-                message_links.c.ticket_id == ticket_id,
-                message_links.c.platform == platform.value,
-                message_links.c.chat_id == chat_id,
-                message_links.c.role == role,
-            )
-            .order_by(message_links.c.id.desc())
-            .limit(1)
+            _latest_link(message_links.c.created_at, ticket_id, platform, chat_id, role)
         )
         return value
 
@@ -395,15 +392,7 @@ class Repository:
         self, ticket_id: int, platform: Platform, chat_id: int, role: str
     ) -> int | None:
         value = await self.conn.scalar(
-            sa.select(message_links.c.message_id)
-            .where(
-                message_links.c.ticket_id == ticket_id,
-                message_links.c.platform == platform.value,
-                message_links.c.chat_id == chat_id,
-                message_links.c.role == role,
-            )
-            .order_by(message_links.c.id.desc())
-            .limit(1)
+            _latest_link(message_links.c.message_id, ticket_id, platform, chat_id, role)
         )
         return int(value) if value is not None else None
 
@@ -675,6 +664,23 @@ class Repository:
             .group_by(outbox.c.platform)
         )
         return {str(platform): (int(count), oldest) for platform, count, oldest in rows}
+
+
+def _latest_link(
+    column: sa.ColumnElement[Any], ticket_id: int, platform: Platform, chat_id: int, role: str
+) -> sa.Select[Any]:
+    """`column` of the newest link of `role` about the ticket in the chat."""
+    return (
+        sa.select(column)
+        .where(
+            message_links.c.ticket_id == ticket_id,
+            message_links.c.platform == platform.value,
+            message_links.c.chat_id == chat_id,
+            message_links.c.role == role,
+        )
+        .order_by(message_links.c.id.desc())
+        .limit(1)
+    )
 
 
 # Written out rather than bound, so the database knows the partial index of those rows serves the query:
