@@ -48,6 +48,17 @@ class VkWorld:
 
         return await self.vk.wait_for_message(user_id, newest_with_buttons, timeout=TIMEOUT)
 
+    async def without_buttons(self, message: Message) -> Message:
+        """The bot's message as it is once an edit took its keyboard off."""
+
+        def bare() -> bool:
+            return not self.vk.button_payloads(self.vk.get_message(message["id"]) or {})
+
+        await self.vk.wait_until(bare, timeout=TIMEOUT)
+        current = self.vk.get_message(message["id"])
+        assert current is not None
+        return current
+
     async def press(self, user_id: int, message: Message, data: str) -> str:
         event_id = await self.vk.press(user_id, message, {"d": data})
         await self.vk.wait_until(lambda: self.vk.event_answer(event_id) is not None, timeout=TIMEOUT)
@@ -160,8 +171,7 @@ async def test_a_category_pressed_on_an_older_vk_prompt_takes_that_prompts_butto
     await both.press(ANNA, newer, "c:potholes")
     await both.keyboard(ANNA, "d:cancel")
     await both.press(ANNA, older, "c:garbage")  # changes the category; the next step comes below
-    await vk.wait_until(lambda: vk.button_payloads(vk.get_message(older["id"]) or {}) == [])
-    assert vk.get_message(older["id"])["text"] == older["text"]  # type: ignore[index]
+    assert (await both.without_buttons(older))["text"] == older["text"]
     assert vk.calls("messages.getByConversationMessageId")
 
 
@@ -230,8 +240,7 @@ async def test_vk_need_info_round_trip_and_resolution(both: VkWorld) -> None:
     await both.press(ANNA, solved, f"f:no:{number}")
     await both.world.card_shows(ROADS_CHAT, number, TicketStatus.in_progress)
     # The question is settled: its buttons go, its words stay.
-    await both.vk.wait_until(lambda: both.vk.button_payloads(both.vk.get_message(solved["id"]) or {}) == [])
-    assert both.vk.get_message(solved["id"])["text"] == solved["text"]  # type: ignore[index]
+    assert (await both.without_buttons(solved))["text"] == solved["text"]
     await tg.send_text(ROADS_STAFF, "/resolve Теперь точно", chat_id=ROADS_CHAT, reply_to=card["message_id"])
     again = await both.says(ANNA, "Теперь точно")
     await both.press(ANNA, again, f"f:yes:{number}")
@@ -249,9 +258,8 @@ async def test_a_vk_resolution_keeps_its_photo_when_its_buttons_go(both: VkWorld
     assert [a["type"] for a in solved["attachments"]] == ["photo"]
     await both.press(ANNA, solved, f"f:yes:{number}")
     await both.world.card_shows(ROADS_CHAT, number, TicketStatus.closed)
-    await both.vk.wait_until(lambda: both.vk.button_payloads(both.vk.get_message(solved["id"]) or {}) == [])
-    now = both.vk.get_message(solved["id"])
-    assert now is not None and now["text"] == solved["text"]
+    now = await both.without_buttons(solved)
+    assert now["text"] == solved["text"]
     assert [a["photo"]["id"] for a in now["attachments"]] == [a["photo"]["id"] for a in solved["attachments"]]
 
 
