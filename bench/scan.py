@@ -48,6 +48,8 @@ from storage.repository import Repository
 
 SCAN_AIM_MS = 50.0
 GROWTH_AIM = 2.0
+# The scan that runs every SCHEDULER_INTERVAL: production's default policy without the digest.
+SCAN_POLICY = replace(Policy(), digest_at=None)
 
 
 class RolledBackDatabase(Database):
@@ -109,9 +111,7 @@ async def measure(path: Path, now: datetime, repetitions: int) -> SizeResult:
     result = SizeResult(tickets=population.ticket_count(path), populate_seconds=0.0)
     db = RolledBackDatabase(sqlite_url(path))
     clock = ManualClock(now)
-    # The scan that runs every SCHEDULER_INTERVAL: production's default policy without the digest.
-    policy = replace(Policy(), digest_at=None)
-    deadlines = Deadlines(_service(db, clock, policy), policy, passes=1)
+    deadlines = Deadlines(_service(db, clock, SCAN_POLICY), SCAN_POLICY, passes=1)
     jobs = Jobs(deadlines, clock)
     statements: list[tuple[str, Any]] = []
 
@@ -166,8 +166,7 @@ async def drain(path: Path, now: datetime) -> tuple[float, dict[str, int]]:
         source.close()
         target.close()
     db = Database(sqlite_url(copy))
-    policy = replace(Policy(), digest_at=None)
-    jobs = Jobs(Deadlines(_service(db, ManualClock(now), policy), policy), ManualClock(now))
+    jobs = Jobs(Deadlines(_service(db, ManualClock(now), SCAN_POLICY), SCAN_POLICY), ManualClock(now))
     try:
         started = time.perf_counter()
         done = await jobs.scan()
