@@ -229,13 +229,14 @@ class Process:
         self.profiler = Profiler(self.name, self.process.pid, "start")
         await self.profiler.start()
 
-    async def measuring(self) -> None:
-        """From here on the profile (`--profile`) goes to a file of its own, without start-up and warm-up;
-        under `--cprofile` profiling starts here."""
+    async def measuring(self, phase: str = "measured") -> None:
+        """From here on the profile (`--profile`) goes to a file of its own, named after `phase`: without
+        start-up and warm-up, and a later phase apart from an earlier one. Under `--cprofile` profiling
+        starts at the first phase and goes on to the end."""
         if self.cprofiled:
             os.kill(self.pid, signal.SIGUSR1)
         await self._stop_profiler()
-        self.profiler = Profiler(self.name, self.pid, "measured")
+        self.profiler = Profiler(self.name, self.pid, phase)
         await self.profiler.start()
 
     async def start(self, tg: FakeTelegram) -> float:

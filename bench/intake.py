@@ -4,6 +4,10 @@ previous one; a bare aiogram echo bot under the same closed-loop load is the bas
 A report is five updates (/new, the category button, a photo with its caption, "skip" for the place,
 "confirm"). Throughput is compared per update: the bot's updates/s against the echo bot's updates/s,
 where every echo update is one text message answered with one message.
+
+Latency under that closed loop is mostly the queue a stampede builds. Each bot then also takes a steady
+load, citizens arriving at a fixed pace, half the report rate the bot reached: the wait a citizen and
+an agency see on a busy day. The echo bot gets the same pace of updates.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from bench.harness import (
 STEPS_PER_REPORT = 5
 STEP_TIMEOUT = 120.0
 WARM_UP = 10
+# The steady load: this share of the closed loop's report rate, for this long.
+STEADY_SHARE = 0.5
+STEADY_SECONDS = 6.0
 INTAKE_SETTINGS: dict[str, str | int | float] = {
     "TELEGRAM_GLOBAL_RATE": 0,
     "TELEGRAM_PRIVATE_RATE": 0,
@@ -137,18 +144,32 @@ async def echo_exchange(tg: BenchTelegram, load: Load, user_id: int, count: int)
         )
 
 
+async def _person(load: Load, run: Callable[[Load, int], Awaitable[None]], user_id: int) -> None:
+    """One person's part; a person whose step times out is counted as failed, the others go on."""
+    try:
+        await run(load, user_id)
+        load.completed += 1
+    except (TimeoutError, BenchError) as error:
+        load.failed.append(f"user {user_id}: {error!r}")
+
+
 async def _crowd(people: list[int], run: Callable[[Load, int], Awaitable[None]]) -> Load:
-    """Everyone at once; a person whose step times out is counted as failed, the others go on."""
+    """Everyone at once."""
     load = Load(began=time.perf_counter())
+    await asyncio.gather(*(_person(load, run, user_id) for user_id in people))
+    load.ended = time.perf_counter()
+    return load
 
-    async def one(user_id: int) -> None:
-        try:
-            await run(load, user_id)
-            load.completed += 1
-        except (TimeoutError, BenchError) as error:
-            load.failed.append(f"user {user_id}: {error!r}")
 
-    await asyncio.gather(*(one(user_id) for user_id in people))
+async def _steady(people: list[int], per_second: float, run: Callable[[Load, int], Awaitable[None]]) -> Load:
+    """One person every 1/per_second seconds, whatever the bot's pace (an open loop: a slow bot is not
+    spared arrivals, so its queue, if any, shows in the latency)."""
+    load = Load(began=time.perf_counter())
+    tasks: list[asyncio.Task[None]] = []
+    for index, user_id in enumerate(people):
+        await asyncio.sleep(max(0.0, load.began + index / per_second - time.perf_counter()))
+        tasks.append(asyncio.create_task(_person(load, run, user_id)))
+    await asyncio.gather(*tasks)
     load.ended = time.perf_counter()
     return load
 
@@ -160,7 +181,8 @@ def _add_people(tg: BenchTelegram, first: int, count: int) -> list[int]:
     return people
 
 
-async def run_echo(workdir: Path, users: int) -> Load:
+async def run_echo(workdir: Path, users: int, steady_updates_per_s: float) -> tuple[Load, Load]:
+    """The closed loop, then the steady load at the given pace of updates."""
     async with BenchTelegram() as tg:
         env = bot_env(workdir, tg.base_url, workdir / "unused.db")
         echo = Process("echo_bot", [sys.executable, "-m", "bench.echo_bot"], env, workdir)
@@ -174,14 +196,45 @@ async def run_echo(workdir: Path, users: int) -> Load:
             load = await _crowd(people, lambda load, uid: echo_exchange(tg, load, uid, STEPS_PER_REPORT))
             load.cpu_seconds = echo.cpu_seconds() - cpu
             load.api_calls = Counter(name for name, _ in tg.requests[calls:])
-            return load
+            users_per_s = steady_updates_per_s / STEPS_PER_REPORT
+            steady = await _measured(
+                echo,
+                _add_people(tg, 2_500_000, _steady_count(users_per_s)),
+                users_per_s,
+                lambda load, uid: echo_exchange(tg, load, uid, STEPS_PER_REPORT),
+            )
+            return load, steady
         finally:
             await echo.stop()
 
 
-async def run_intake(workdir: Path, citizens: int) -> tuple[Load, dict[str, int], JSON | None]:
-    """Returns the load, the bot's memory (VmHWM, VmRSS in KiB) right after it, and with --tx-stats
-    its write transactions by call site."""
+async def _measured(
+    process: Process, people: list[int], per_second: float, run: Callable[[Load, int], Awaitable[None]]
+) -> Load:
+    """A steady load, with the CPU the process used meanwhile (and, with --profile, its own profile)."""
+    await process.measuring("steady")
+    cpu = process.cpu_seconds()
+    load = await _steady(people, per_second, run)
+    process.check_alive()
+    load.cpu_seconds = process.cpu_seconds() - cpu
+    return load
+
+
+def _steady_count(per_second: float) -> int:
+    return max(1, round(per_second * STEADY_SECONDS))
+
+
+@dataclass
+class Intake:
+    closed: Load
+    steady: Load
+    steady_rate: float  # reports/s offered in the steady load
+    memory: dict[str, int]  # the bot's VmHWM and VmRSS (KiB) right after the closed loop
+    transactions: JSON | None  # with --tx-stats, the write transactions by call site
+
+
+async def run_intake(workdir: Path, citizens: int) -> Intake:
+    """The closed loop, then the steady load at half the report rate it reached."""
     async with BenchTelegram() as tg:
         env = bot_env(workdir, tg.base_url, workdir / "intake.db", **INTAKE_SETTINGS)
         bot = bot_process(workdir, env, "bot_intake")
@@ -197,15 +250,28 @@ async def run_intake(workdir: Path, citizens: int) -> tuple[Load, dict[str, int]
             load.cpu_seconds = bot.cpu_seconds() - cpu
             load.api_calls = Counter(name for name, _ in tg.requests[calls:])
             memory = bot.memory_kib()
+            rate = STEADY_SHARE * load.completed / load.span
+            steady = await _measured(
+                bot,
+                _add_people(tg, 1_500_000, _steady_count(rate)),
+                rate,
+                lambda load, uid: file_report(tg, load, uid),
+            )
         finally:
             await bot.stop()
-        return load, memory, TxStats.read(bot)
+        return Intake(load, steady, rate, memory, TxStats.read(bot))
+
+
+def _latency(section: Section, metric: str, seconds: list[float]) -> None:
+    for share in (0.5, 0.99):
+        section.add(f"{metric}, p{share * 100:.0f}", percentile(seconds, share) * 1000.0, "ms")
 
 
 async def run(workdir: Path, citizens: int) -> Section:
     section = Section("intake")
-    echo = await run_echo(workdir, citizens)
-    intake, memory, transactions = await run_intake(workdir, citizens)
+    measured = await run_intake(workdir, citizens)
+    intake, steady, memory = measured.closed, measured.steady, measured.memory
+    echo, echo_steady = await run_echo(workdir, citizens, measured.steady_rate * STEPS_PER_REPORT)
     reports_per_s = intake.completed / intake.span
     intake_updates_per_s = intake.completed * STEPS_PER_REPORT / intake.span
     echo_updates_per_s = echo.updates / echo.span
@@ -214,13 +280,10 @@ async def run(workdir: Path, citizens: int) -> Section:
     section.add("citizens (each one report with a photo)", intake.completed, "", note=f"{citizens} started")
     section.add("reports/s", reports_per_s, "1/s")
     section.add("updates/s (5 per report)", intake_updates_per_s, "1/s")
-    section.add("confirm → card in agency chat, p50", percentile(intake.card_latency, 0.5) * ms, "ms")
-    section.add("confirm → card in agency chat, p99", percentile(intake.card_latency, 0.99) * ms, "ms")
-    section.add("update → bot's answer, p50", percentile(intake.step_latency, 0.5) * ms, "ms")
-    section.add("update → bot's answer, p99", percentile(intake.step_latency, 0.99) * ms, "ms")
+    _latency(section, "confirm → card in agency chat", intake.card_latency)
+    _latency(section, "update → bot's answer", intake.step_latency)
     section.add("echo bot: updates/s", echo_updates_per_s, "1/s", note=f"{citizens} users × 5 messages")
-    section.add("echo bot: update → echo, p50", percentile(echo.step_latency, 0.5) * ms, "ms")
-    section.add("echo bot: update → echo, p99", percentile(echo.step_latency, 0.99) * ms, "ms")
+    _latency(section, "echo bot: update → echo", echo.step_latency)
     section.add("intake / echo (updates/s)", ratio, "×", aim="≥ 0.5", ok=ratio >= 0.5)
     intake_updates = intake.completed * STEPS_PER_REPORT
     section.add("bot CPU per update", intake.cpu_seconds / max(intake_updates, 1) * ms, "ms")
@@ -258,9 +321,35 @@ async def run(workdir: Path, citizens: int) -> Section:
             "api_calls": dict(echo.api_calls),
         },
         "bot_memory_kib": memory,
+        "steady": {
+            "reports_per_s": measured.steady_rate,
+            "completed": steady.completed,
+            "failed": steady.failed[:20],
+            "seconds": steady.span,
+            "bot_cpu_seconds": steady.cpu_seconds,
+            "echo_updates": echo_steady.updates,
+            "echo_failed": echo_steady.failed[:20],
+            "echo_cpu_seconds": echo_steady.cpu_seconds,
+        },
     }
+    steady_share = f"{STEADY_SHARE:.0%} of the reports/s above"
+    section.add("steady load: reports/s offered", measured.steady_rate, "1/s", note=steady_share)
+    _latency(section, "steady: confirm → card in agency chat", steady.card_latency)
+    _latency(section, "steady: update → bot's answer", steady.step_latency)
+    section.add("steady: bot CPU busy", steady.cpu_seconds / steady.span, "cores")
+    section.add("steady: bot CPU per update", steady.cpu_seconds / max(steady.updates, 1) * ms, "ms")
+    section.add(
+        "steady: echo bot CPU per update", echo_steady.cpu_seconds / max(echo_steady.updates, 1) * ms, "ms"
+    )
+    _latency(section, "steady, echo bot at the same updates/s: update → echo", echo_steady.step_latency)
+    section.notes.append(
+        f"Steady: for {STEADY_SECONDS:.0f} s a citizen starts a report every 1/rate seconds, whatever the "
+        "bot's pace (an open loop), at half the report rate the closed loop reached; the echo bot gets "
+        "the same pace of updates. Latency here is the bot's own time, with little queue before it."
+    )
+    transactions = measured.transactions
     if transactions:
-        reports = citizens + WARM_UP
+        reports = WARM_UP + intake.completed + steady.completed
         total = sum(entry["count"] for entry in transactions.values())
         section.add("write transactions per report", total / reports, "", note="--tx-stats")
         top = sorted(transactions.items(), key=lambda item: -item[1]["count"])[:8]
@@ -269,6 +358,12 @@ async def run(workdir: Path, citizens: int) -> Section:
             + "; ".join(f"{entry['count'] / reports:.1f} {site}" for site, entry in top)
         )
         section.details["write_transactions"] = transactions
-    if intake.failed or echo.failed:
-        section.notes.append(f"failed: intake {len(intake.failed)}, echo {len(echo.failed)}")
+    failures = {
+        "intake": intake.failed,
+        "echo": echo.failed,
+        "steady intake": steady.failed,
+        "steady echo": echo_steady.failed,
+    }
+    if any(failures.values()):
+        section.notes.append("failed: " + ", ".join(f"{name} {len(f)}" for name, f in failures.items()))
     return section
