@@ -2,6 +2,9 @@
 
 aiogram's own polling confirms an update as soon as it hands it to a task, so a crash would lose what
 was in flight; here `Intake.accept` commits the batch first.
+
+The inbox keeps each update as Telegram sent it, and aiogram's objects are built once, when the update
+is handled: not also on arrival only to be turned back into JSON for storing.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from bot.intake import Handler, Intake, pause, until_stopped
 from storage.db import Database
 
 log = logging.getLogger(__name__)
+
+
+class GetRawUpdates(GetUpdates):
+    """getUpdates answered with the updates' JSON (as `dict`s) instead of aiogram's `Update`s."""
+
+    __returning__ = list[dict[str, Any]]
 
 
 def feeder(bot: Bot, dispatcher: Dispatcher) -> Handler:
@@ -55,9 +64,9 @@ class DurablePolling:
         offset: int | None = None
         failures = 0
         while not self._stopping.is_set():
-            request = GetUpdates(offset=offset, timeout=self.timeout, allowed_updates=self.allowed_updates)
+            request = GetRawUpdates(offset=offset, timeout=self.timeout, allowed_updates=self.allowed_updates)
             try:
-                updates = await until_stopped(self._stopping, self.bot(request))
+                updates: list[dict[str, Any]] | None = await until_stopped(self._stopping, self.bot(request))
             except (TelegramNetworkError, TelegramServerError) as error:
                 failures += 1
                 delay = min(2.0 ** min(failures, 5), 30.0)
@@ -71,12 +80,8 @@ class DurablePolling:
                 break
             failures = 0
             if updates:
-                batch = [
-                    (str(u.update_id), u.model_dump(mode="json", exclude_none=True, by_alias=True))
-                    for u in updates
-                ]
-                await self.intake.accept(batch)
-                offset = updates[-1].update_id + 1
+                await self.intake.accept([(str(update["update_id"]), update) for update in updates])
+                offset = int(updates[-1]["update_id"]) + 1
         await self.intake.drain()
 
     def stop(self) -> None:
