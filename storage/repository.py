@@ -62,6 +62,14 @@ _WAITING_FOR_INFO = (
     .order_by(tickets.c.updated_at.desc())
     .limit(1)
 )
+# A batch of updates, looked up by key (the list of keys is put into the SQL when it runs).
+_INBOX_IDS = sa.select(inbox.c.id, inbox.c.key).where(
+    inbox.c.platform == sa.bindparam("in_platform"), inbox.c.key.in_(sa.bindparam("keys", expanding=True))
+)
+_PROCESSED_AMONG = sa.select(processed_updates.c.key).where(
+    processed_updates.c.platform == sa.bindparam("in_platform"),
+    processed_updates.c.key.in_(sa.bindparam("keys", expanding=True)),
+)
 # Those whose SQL depends on the database (INSERT ... ON CONFLICT): (dialect, name) → statement.
 _PER_DIALECT: dict[tuple[str, str], Any] = {}
 
@@ -548,10 +556,7 @@ class Repository:
         found: set[str] = set()
         for start in range(0, len(keys), 500):
             rows = await self.conn.execute(
-                sa.select(processed_updates.c.key).where(
-                    processed_updates.c.platform == platform.value,
-                    processed_updates.c.key.in_(keys[start : start + 500]),
-                )
+                _PROCESSED_AMONG, {"in_platform": platform.value, "keys": keys[start : start + 500]}
             )
             found.update(str(key) for key in rows.scalars())
         return found
@@ -586,11 +591,7 @@ class Repository:
         return [(r.id, r.key) for r in rows]
 
     async def inbox_ids(self, platform: Platform, keys: Sequence[str]) -> dict[str, int]:
-        rows = await self.conn.execute(
-            sa.select(inbox.c.id, inbox.c.key).where(
-                inbox.c.platform == platform.value, inbox.c.key.in_(keys)
-            )
-        )
+        rows = await self.conn.execute(_INBOX_IDS, {"in_platform": platform.value, "keys": list(keys)})
         return {r.key: r.id for r in rows}
 
     async def inbox_payloads(self, item_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
