@@ -70,7 +70,12 @@ class Load:
 
     def calls_per_update(self, updates: int) -> float:
         """Calls besides getUpdates, per update handled."""
-        return sum(n for name, n in self.api_calls.items() if name.lower() != "getupdates") / max(updates, 1)
+        return (sum(self.api_calls.values()) - self.polls) / max(updates, 1)
+
+    @property
+    def polls(self) -> int:
+        """getUpdates calls (method names are case-insensitive in the Bot API)."""
+        return sum(n for name, n in self.api_calls.items() if name.lower() == "getupdates")
 
     @property
     def span(self) -> float:
@@ -199,6 +204,7 @@ async def run_echo(workdir: Path, users: int, steady_updates_per_s: float) -> tu
             users_per_s = steady_updates_per_s / STEPS_PER_REPORT
             steady = await _measured(
                 echo,
+                tg,
                 _add_people(tg, 2_500_000, _steady_count(users_per_s)),
                 users_per_s,
                 lambda load, uid: echo_exchange(tg, load, uid, STEPS_PER_REPORT),
@@ -209,14 +215,20 @@ async def run_echo(workdir: Path, users: int, steady_updates_per_s: float) -> tu
 
 
 async def _measured(
-    process: Process, people: list[int], per_second: float, run: Callable[[Load, int], Awaitable[None]]
+    process: Process,
+    tg: BenchTelegram,
+    people: list[int],
+    per_second: float,
+    run: Callable[[Load, int], Awaitable[None]],
 ) -> Load:
-    """A steady load, with the CPU the process used meanwhile (and, with --profile, its own profile)."""
+    """A steady load, with the CPU the process used and the calls it made meanwhile (and, with
+    --profile, its own profile)."""
     await process.measuring("steady")
-    cpu = process.cpu_seconds()
+    cpu, calls = process.cpu_seconds(), len(tg.requests)
     load = await _steady(people, per_second, run)
     process.check_alive()
     load.cpu_seconds = process.cpu_seconds() - cpu
+    load.api_calls = Counter(name for name, _ in tg.requests[calls:])
     return load
 
 
@@ -253,6 +265,7 @@ async def run_intake(workdir: Path, citizens: int) -> Intake:
             rate = STEADY_SHARE * load.completed / load.span
             steady = await _measured(
                 bot,
+                tg,
                 _add_people(tg, 1_500_000, _steady_count(rate)),
                 rate,
                 lambda load, uid: file_report(tg, load, uid),
@@ -338,6 +351,12 @@ async def run(workdir: Path, citizens: int) -> Section:
     _latency(section, "steady: update → bot's answer", steady.step_latency)
     section.add("steady: bot CPU busy", steady.cpu_seconds / steady.span, "cores")
     section.add("steady: bot CPU per update", steady.cpu_seconds / max(steady.updates, 1) * ms, "ms")
+    section.add(
+        "steady: getUpdates calls per update",
+        steady.polls / max(steady.updates, 1),
+        "",
+        note=f"closed loop: {intake.polls / max(intake_updates, 1):.2f}",
+    )
     section.add(
         "steady: echo bot CPU per update", echo_steady.cpu_seconds / max(echo_steady.updates, 1) * ms, "ms"
     )
