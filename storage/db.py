@@ -57,6 +57,9 @@ class Database:
         self._writer = (
             self.engine if in_memory else create_async_engine(url, pool_size=1, max_overflow=0, **kwargs)
         )
+        # On a SQLite file the writer's connection stays open between transactions (see `_writing`).
+        self._keeps_writer = self.is_sqlite and not in_memory
+        self._kept: AsyncConnection | None = None
         self.checkpointer: Checkpointer | None = None
         if self.is_sqlite:
             for engine in {self.engine, self._writer}:
@@ -65,18 +68,43 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write_lock, self._connect(self._writer) as conn:
-            # Only a writer asks SQLite for the write lock up front (see _configure_sqlite); reads
-            # begin deferred, so they never queue behind a writer for a snapshot.
-            await conn.execution_options(**{WRITER: True})
-            async with conn.begin():
-                if self.is_postgres:
-                    # Taken first, so each statement after it (READ COMMITTED) sees every earlier write:
-                    # the same one-writer-at-a-time world as SQLite's BEGIN IMMEDIATE.
-                    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
-                yield conn
+        async with self._write_lock, self._writing() as conn, conn.begin():
+            if self.is_postgres:
+                # Taken first, so each statement after it (READ COMMITTED) sees every earlier write:
+                # the same one-writer-at-a-time world as SQLite's BEGIN IMMEDIATE.
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
+            yield conn
         if self.checkpointer is not None:
             self.checkpointer.wrote()
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """The connection for one write transaction, marked as the writer's: only a writer asks SQLite for
+        the write lock up front (see _configure_sqlite); reads begin deferred, so they never queue behind
+        a writer for a snapshot.
+
+        On a SQLite file the connection is kept from one transaction to the next: taking it from the pool
+        and giving it back cost twice the BEGIN and COMMIT of an empty transaction. A transaction that
+        fails lets it go, so the next one starts on a connection as fresh as the pool gives."""
+        if not self._keeps_writer:
+            async with self._connect(self._writer) as conn:
+                await conn.execution_options(**{WRITER: True})
+                yield conn
+            return
+        if self._kept is None:
+            conn = await self._writer.connect().start()
+            await conn.execution_options(**{WRITER: True})
+            self._kept = conn
+        try:
+            yield self._kept
+        except BaseException:
+            await self._let_go()
+            raise
+
+    async def _let_go(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            await kept.close()
 
     @asynccontextmanager
     async def read(self, *, offload: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -112,6 +140,8 @@ class Database:
             await conn.close()
 
     async def close(self) -> None:
+        async with self._write_lock:
+            await self._let_go()
         if self.checkpointer is not None:
             await self.checkpointer.close()
         if self._writer is not self.engine:

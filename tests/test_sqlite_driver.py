@@ -11,6 +11,7 @@ from typing import Any
 
 import aiosqlite
 import pytest
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -126,7 +127,7 @@ async def test_a_writer_waits_for_another_process_on_its_thread_while_the_loop_g
 async def test_a_writer_that_cannot_have_the_lock_in_time_fails_as_sqlalchemy_reports_it(
     database_url: str, db: Database
 ) -> None:
-    async with db._writer.connect() as conn:  # the writer's one connection keeps its pragmas
+    async with db.transaction() as conn:  # the writer's one connection keeps its pragmas
         await conn.exec_driver_sql("PRAGMA busy_timeout=50")
     other = sqlite3.connect(path_of(database_url), isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
@@ -141,6 +142,28 @@ async def test_a_writer_that_cannot_have_the_lock_in_time_fails_as_sqlalchemy_re
         await Repository(conn).save_cursor("after", "1", NOW)
     async with db.read() as conn:
         assert [await Repository(conn).cursor(name) for name in ("never", "after")] == [None, "1"]
+
+
+async def test_the_writer_keeps_its_connection_until_a_transaction_fails(database_url: str) -> None:
+    db = Database(database_url)
+    checkouts: list[int] = []
+    event.listen(db._writer.sync_engine.pool, "checkout", lambda *_: checkouts.append(1))
+    for name in ("a", "b", "c"):
+        async with db.transaction() as conn:
+            await Repository(conn).save_cursor(name, "1", NOW)
+    assert len(checkouts) == 1, "three transactions, one connection taken from the pool"
+
+    with pytest.raises(IntegrityError):
+        async with db.transaction() as conn:
+            await Repository(conn).save_cursor("d", "1", NOW)
+            await conn.execute(cursors.insert().values(name="a", value="again", updated_at=NOW))
+    async with db.transaction() as conn:
+        await Repository(conn).save_cursor("e", "1", NOW)
+    assert len(checkouts) == 2, "the failed transaction let its connection go; the next took one anew"
+    async with db.read() as conn:
+        assert [await Repository(conn).cursor(n) for n in "abcde"] == ["1", "1", "1", None, "1"]
+    await db.close()
+    assert db._writer.sync_engine.pool.checkedout() == 0, "closing the database gives it back"
 
 
 async def test_commits_leave_the_checkpoint_to_the_checkpointer(database_url: str, db: Database) -> None:
