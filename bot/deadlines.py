@@ -83,7 +83,9 @@ class Deadlines:
                     ticket,
                     "agency.reminder",
                     deadline=self.render.local_time(ticket.due_at),
-                    left=self.render.duration(self.routing.default_locale, ticket.due_at - now),
+                    left=self.render.duration(
+                        self.tickets.agency_locale(ticket.agency_id), ticket.due_at - now
+                    ),
                     dedupe_key=f"remind:{ticket.id}:{ticket.due_at.isoformat()}",
                 )
                 reminded += 1
@@ -105,13 +107,14 @@ class Deadlines:
                     ticket.id, overdue_level=level, next_alert_at=now + self.policy.overdue_repeat
                 )
                 await u.repo.add_event(ticket.id, EventKind.overdue, "system", {"level": level}, now)
+                locale = self.tickets.agency_locale(ticket.agency_id)
                 await self.tickets.tell_agency(
                     u,
                     ticket,
                     "agency.overdue",
-                    late=self.render.duration(self.routing.default_locale, now - ticket.due_at),
+                    late=self.render.duration(locale, now - ticket.due_at),
                     level=level,
-                    status=self.render.status(self.routing.default_locale, ticket.status),
+                    status=self.render.status(locale, ticket.status),
                     dedupe_key=f"overdue:{ticket.id}:{level}",
                 )
                 if level == 1 and self.policy.citizen_overdue_notice:

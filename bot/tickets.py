@@ -641,6 +641,10 @@ class TicketService:
     def chat_locale(self, chat_id: int) -> str:
         return self.chats.locale(chat_id)
 
+    def agency_locale(self, agency_id: str) -> str:
+        """The language of the agency's chat, which `tell_agency` writes in."""
+        return self.chat_locale(self.agency_chat(agency_id))
+
     async def _post_card(self, u: Unit, ticket: Ticket, chat_id: int, photos: Sequence[Attachment]) -> None:
         locale = self.chat_locale(chat_id)
         await u.send(

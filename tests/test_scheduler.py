@@ -129,6 +129,21 @@ async def test_overdue_alerts_agency_coordinators_and_citizen_then_repeat_with_a
     assert "2" in texts(second, COORDINATORS_CHAT)[0]
 
 
+async def test_an_agency_chat_in_another_language_gets_its_alerts_wholly_in_it(db: Database) -> None:
+    english_waste = TEST_ROUTING.replace(
+        "chat_id = -1001000000020", 'chat_id = -1001000000020\nlocale = "en"'
+    )
+    desk = make_desk(db, parse_routing(english_waste), QUIET, ManualClock(MONDAY))
+    await desk.file(13)  # garbage, at the waste operator; the routing's own language is ru
+    due = MONDAY + timedelta(days=1)
+    reminder = texts(await desk.at(due - timedelta(hours=5)), WASTE_CHAT)
+    alert = texts(await desk.at(due + timedelta(hours=2)), WASTE_CHAT)
+    assert len(reminder) == 1 and "5 hours left" in reminder[0]
+    assert len(alert) == 1 and "passed 2 hours ago" in alert[0] and "Status: " in alert[0]
+    for text in reminder + alert:
+        assert not any("а" <= char.lower() <= "я" for char in text), text
+
+
 async def test_many_overdue_at_once_reach_coordinators_as_one_message(db: Database) -> None:
     desk = make_desk(
         db, parse_routing(TEST_ROUTING), Policy(group_threshold=2, digest_at=None), ManualClock(MONDAY)
