@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -97,10 +98,21 @@ class TelegramSession(AiohttpSession):
 
 def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
     """Cut a long HTML text into messages of at most `limit` UTF-16 units (Telegram's measure), at line
-    breaks where it can, else at spaces. Our templates keep every tag within one line and user text
-    holds no tags, so cutting between lines never splits a tag; a cut inside a line avoids `&...;`."""
+    breaks where it can, else at spaces, never inside a tag or an `&...;`. A tag open at a cut (a
+    person's several lines in italics, in a ticket's history) is closed at the end of its part and
+    opened again at the start of the next: Telegram takes each part as a text of its own."""
     if _units(text) <= limit:
         return [text]
+    room = limit
+    while True:
+        parts = _balanced(_cut(text, room))
+        over = max(_units(part) for part in parts) - limit
+        if over <= 0 or room <= limit // 2:
+            return parts
+        room -= over  # the tags opened and closed again took that much
+
+
+def _cut(text: str, limit: int) -> list[str]:
     chunks: list[str] = []
     current = ""
     for line in text.split("\n"):
@@ -111,6 +123,9 @@ def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
             amp = line.rfind("&", 0, cut)
             if amp > 0 and ";" not in line[amp:cut]:
                 cut = amp
+            tag = line.rfind("<", 0, cut)
+            if tag > 0 and ">" not in line[tag:cut]:
+                cut = tag
             if current:
                 chunks.append(current)
                 current = ""
@@ -123,6 +138,26 @@ def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
         current = candidate
     chunks.append(current)
     return [chunk for chunk in chunks if chunk.strip()]
+
+
+_TAG = re.compile(r"<(/?)([a-zA-Z][\w-]*)[^>]*>")
+
+
+def _balanced(chunks: list[str]) -> list[str]:
+    """Each chunk with the tags still open before it opened again, and those open after it closed."""
+    parts: list[str] = []
+    opened: list[tuple[str, str]] = []  # (name, the opening tag as written)
+    for chunk in chunks:
+        before = "".join(tag for _, tag in opened)
+        for match in _TAG.finditer(chunk):
+            closing, name = match.group(1), match.group(2).lower()
+            if not closing:
+                opened.append((name, match.group(0)))
+            elif opened and opened[-1][0] == name:
+                opened.pop()
+        after = "".join(f"</{name}>" for name, _ in reversed(opened))
+        parts.append(before + chunk + after)
+    return parts
 
 
 def _units(text: str) -> int:
