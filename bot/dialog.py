@@ -24,6 +24,7 @@ from bot.domain import (
     TicketClosed,
     TicketNotFound,
     TicketStatus,
+    parse_id,
 )
 from bot.i18n import SUPPORTED, Html, Translator
 from bot.messages import Button, Outgoing, Ref, draft_from_json, draft_to_json
@@ -277,10 +278,11 @@ class CitizenDialog:
             await self._set_language(who, citizen, value)
             return self.t.get(value, "toast.language_set")
         if kind == "f":
-            answer, _, ticket_id = value.partition(":")
-            if answer not in ("yes", "no") or not ticket_id.isdigit():
+            answer, _, number = value.partition(":")
+            ticket_id = parse_id(number)
+            if answer not in ("yes", "no") or ticket_id is None:
                 return self.t.get(locale, "toast.unknown_button")
-            key = await self.tickets.answer_feedback(citizen, int(ticket_id), answer == "yes")
+            key = await self.tickets.answer_feedback(citizen, ticket_id, answer == "yes")
             return self.t.get(locale, key)
         async with self.outbox.read() as repo:
             state = await repo.conversation(who.platform, who.chat_id)

@@ -6,6 +6,7 @@ Nothing here knows about Telegram, VK or the database: it is what the service an
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -190,3 +191,12 @@ class TicketClosed(DomainError):
 def check_action(status: TicketStatus, action: Action) -> None:
     if action not in ALLOWED_ACTIONS[status]:
         raise InvalidTransition(f"{action} not allowed from {status}")
+
+
+_ROW_ID = re.compile(r"[0-9]{1,18}")
+
+
+def parse_id(text: str) -> int | None:
+    """A row's id as it comes from outside (a button's data, a command's argument): plain digits that
+    fit the database's 64-bit integers, or None."""
+    return int(text) if _ROW_ID.fullmatch(text) else None

@@ -34,6 +34,10 @@ button_data = st.one_of(
     st.sampled_from(["t:", "t:take:1:new", "t:res:999:in_progress", "x:roads:1", "x:../:1", "b:1", "b:x"]),
     st.sampled_from(["c:potholes", "c:nope", "m:new", "m:my", "m:zzz", "l:de", "l:en", "f:yes:1", "f:no:x"]),
     st.sampled_from(["d:skip", "d:cancel", "d:edit", "d:", "::::", "t:take:1:new:extra"]),
+    # Numbers no database integer holds, and digits int() does not read.
+    st.sampled_from(
+        [f"t:take:{'9' * 40}:new", f"f:yes:{'9' * 30}", "f:no:²", "t:take:²:new", f"b:{'9' * 19}"]
+    ),
 )
 
 

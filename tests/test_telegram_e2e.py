@@ -282,9 +282,19 @@ async def test_a_forged_button_from_another_agency_changes_nothing(world: World)
     assert answer["text"] == plain(world.t.get("ru", "error.not_allowed_here"))
     assert await world.status_of(number) is TicketStatus.new
 
-    junk = await tg.press(WASTE_STAFF, waste_card, "t:take:not-a-number")
-    await tg.wait_until(lambda: tg.callback_answer(junk) is not None)
+    unknown = plain(world.t.get("ru", "toast.unknown_button"))
+    for data in ("t:take:not-a-number", f"t:take:{'9' * 40}:new", "t:take:²:new"):
+        junk = await tg.press(WASTE_STAFF, waste_card, data)
+        await tg.wait_until(lambda junk=junk: tg.callback_answer(junk) is not None)
+        assert tg.callback_answer(junk)["text"] == unknown, data  # type: ignore[index]
     assert await world.status_of(2) is TicketStatus.new
+    # A citizen's "Solved?" buttons, forged the same ways, on the last message the bot sent them (Bob
+    # writes in English).
+    last = tg.bot_messages(BOB)[-1]
+    for data in (f"f:yes:{'9' * 30}", "f:yes:²"):
+        junk = await tg.press(BOB, last, data)
+        await tg.wait_until(lambda junk=junk: tg.callback_answer(junk) is not None)
+        assert tg.callback_answer(junk)["text"] == world.t.get("en", "toast.unknown_button"), data  # type: ignore[index]
 
 
 async def test_a_button_on_a_stale_card_is_refused_and_the_card_refreshed(world: World) -> None:

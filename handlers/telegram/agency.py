@@ -15,7 +15,7 @@ from bot.chats import ChatDirectory
 from bot.config import Routing
 from bot.delivery.outbox import Outbox
 from bot.dialog import NUMBER
-from bot.domain import Action, DomainError, Platform, TicketStatus
+from bot.domain import Action, DomainError, Platform, TicketStatus, parse_id
 from bot.messages import Outgoing, Ref
 from bot.tickets import TicketService
 
@@ -46,8 +46,10 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
         assert query.message is not None and query.data is not None
         parts = query.data.split(":")
         try:
-            action, ticket_id, seen = Action(parts[1]), int(parts[2]), TicketStatus(parts[3])
+            action, ticket_id, seen = Action(parts[1]), parse_id(parts[2]), TicketStatus(parts[3])
         except (IndexError, ValueError):
+            ticket_id = None
+        if ticket_id is None:
             await answer(query, tickets.staff_text(query.message.chat.id, "toast.unknown_button"), alert=True)
             return
         who = staff(query.message, query.from_user)
