@@ -18,7 +18,7 @@ from bot.clock import Clock, SystemClock
 from bot.config import Routing
 from bot.domain import ALLOWED_ACTIONS, Platform, TicketStatus
 from bot.i18n import Translator
-from storage.schema import outbox, tickets
+from storage.schema import inbox, outbox, tickets
 from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, TOKEN, WASTE_CHAT, make_settings
 from tests.fakes.telegram import FakeTelegram
 
@@ -152,6 +152,19 @@ class World:
         async with self.app.db.read() as conn:
             value = await conn.scalar(sa.select(tickets.c.status).where(tickets.c.number == number))
         return TicketStatus(value)
+
+    async def handled_all(self, timeout: float = 30.0) -> list[Any]:
+        """Every outbox row, once the bot took every update the fake holds, handled each and sent what
+        it queued: after this, silence is the bot's answer."""
+        await self.tg.wait_until(lambda: self.tg.pending_updates == 0, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            async with self.app.db.read() as conn:
+                if not await conn.scalar(sa.select(sa.func.count()).select_from(inbox)):
+                    break
+            assert time.monotonic() < deadline, "updates stayed in the inbox"
+            await asyncio.sleep(0.02)
+        return await self.settled(timeout)
 
     async def settled(self, timeout: float = 30.0) -> list[Any]:
         """Every outbox row, once none is pending any more."""

@@ -372,6 +372,29 @@ async def test_my_status_cancel_help_and_language(world: World) -> None:
     await world.says_key(ALICE, "en", "dialog.unknown_command")
 
 
+async def test_a_live_location_moving_and_a_pin_get_no_answer_and_a_caption_is_no_command(
+    world: World,
+) -> None:
+    tg = world.tg
+    await tg.send_photo(ALICE, caption="/help")  # a photo with its caption, not a call for help
+    categories = await world.last_buttons_message(ALICE, "c:")
+    await tg.press(ALICE, categories, "c:potholes")
+    await world.last_buttons_message(ALICE, "d:skip")  # described already ("/help"): where is it?
+    live = await tg.share_live_location(ALICE, 55.7512, 37.6184)
+    summary = await world.last_buttons_message(ALICE, "d:confirm")
+    assert "/help" in summary["text"] and "55.75120" in summary["text"]
+    await world.handled_all()
+    said = len(tg.bot_messages(ALICE))
+    for step in range(1, 4):  # the citizen walks on while sharing
+        await tg.move_live_location(live, 55.7512 + step / 1000, 37.6184)
+    await tg.pin(ALICE, summary)
+    await world.handled_all()
+    assert len(tg.bot_messages(ALICE)) == said, "moving and pinning are nothing to answer"
+    await tg.press(ALICE, summary, "d:confirm")
+    card = await world.card(ROADS_CHAT, 1)
+    assert "/help" in card["caption"]
+
+
 async def test_unsupported_content_gets_a_clear_answer_and_files_nothing(world: World) -> None:
     await world.tg.send_sticker(ALICE)
     await world.says_key(ALICE, "ru", "dialog.unsupported")

@@ -12,7 +12,7 @@ from bot.domain import Location, Platform
 from bot.messages import Ref
 from bot.tickets import TicketService
 
-from .common import Where, answer, document_too_big, person, photos, text_of, unsupported_kind
+from .common import SERVICE, Where, answer, document_too_big, person, photos, text_of, unsupported_kind
 from .middlewares import AlbumMiddleware
 
 COMMANDS = ("help", "cancel", "my", "status", "lang", "new")
@@ -25,17 +25,25 @@ def citizen_router(album_wait: float) -> Router:
     router.callback_query.filter(Where(F.message.chat.type == ChatType.PRIVATE))
     router.message.middleware(AlbumMiddleware(album_wait))
 
-    @router.message(CommandStart())
+    # Commands are typed: a photo captioned "/help" is a photo with its caption (aiogram's Command reads
+    # captions too).
+    typed = Where(F.text)
+
+    @router.message(typed, CommandStart())
     async def start(message: Message, dialog: CitizenDialog) -> None:
         await dialog.command(person(message), "start")
 
-    @router.message(Command(*COMMANDS))
+    @router.message(typed, Command(*COMMANDS))
     async def command(message: Message, command: CommandObject, dialog: CitizenDialog) -> None:
         await dialog.command(person(message), command.command.lower(), command.args or "")
 
     @router.message(Where(F.text.startswith("/")))
     async def unknown_command(message: Message, dialog: CitizenDialog) -> None:
         await dialog.command(person(message), "")
+
+    @router.message(Where(F.content_type.in_(SERVICE)))
+    async def service(message: Message) -> None:
+        """Nothing the person sent, so nothing to answer."""
 
     @router.message()
     async def content(message: Message, dialog: CitizenDialog, album: list[Message] | None = None) -> None:
@@ -54,6 +62,11 @@ def citizen_router(album_wait: float) -> Router:
                 unsupported=_unsupported(message, location is not None),
             )
         )
+
+    @router.edited_message(Where(F.location.live_period))
+    async def moved(message: Message) -> None:
+        """A live location moving: Telegram sends such an edit every few seconds, for hours. The report
+        keeps the point it was shared at."""
 
     @router.edited_message()
     async def edited(message: Message, dialog: CitizenDialog) -> None:

@@ -6,6 +6,7 @@ import logging
 import mimetypes
 from typing import Any
 
+from aiogram.enums import ContentType
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Filter
 from aiogram.types import CallbackQuery, Document, InaccessibleMessage, Message, TelegramObject, User
@@ -18,6 +19,20 @@ from bot.tickets import Staff
 log = logging.getLogger(__name__)
 
 # Content a citizen may send that we do not file (and say so), by the Message attribute that marks it.
+# Service messages a private chat with the bot can hold: what Telegram says happened in the chat, not
+# something the person sent (a pinned message, an auto-delete timer set, a new background).
+SERVICE = frozenset(
+    {
+        ContentType.PINNED_MESSAGE,
+        ContentType.MESSAGE_AUTO_DELETE_TIMER_CHANGED,
+        ContentType.CHAT_BACKGROUND_SET,
+        ContentType.WRITE_ACCESS_ALLOWED,
+        ContentType.PROXIMITY_ALERT_TRIGGERED,
+        ContentType.CONNECTED_WEBSITE,
+        ContentType.DIRECT_MESSAGE_PRICE_CHANGED,
+        ContentType.PAID_MESSAGE_PRICE_CHANGED,
+    }
+)
 UNSUPPORTED = (
     "sticker",
     "voice",

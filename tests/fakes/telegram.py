@@ -611,6 +611,28 @@ class FakeTelegram(FakeServer):
     ) -> JSON:
         return self._incoming(user_id, chat_id, {"location": {"latitude": latitude, "longitude": longitude}})
 
+    async def share_live_location(
+        self, user_id: int, latitude: float, longitude: float, live_period: int = 900
+    ) -> JSON:
+        """A live location: Telegram sends it once as a message, then as an edited_message every time
+        the person moves, until `live_period` seconds have passed (`move_live_location`)."""
+        location = {"latitude": latitude, "longitude": longitude, "live_period": live_period}
+        return self._incoming(user_id, None, {"location": location})
+
+    async def move_live_location(self, message: JSON, latitude: float, longitude: float) -> JSON:
+        stored = self._message_ref(message)
+        if "live_period" not in stored.get("location", {}):
+            raise AssertionError(f"message {stored['message_id']} is not a live location")
+        stored["location"] = {**stored["location"], "latitude": latitude, "longitude": longitude}
+        stored["edit_date"] = _now()
+        self._push("edited_message", stored)
+        return stored
+
+    async def pin(self, user_id: int, message: JSON) -> JSON:
+        """The person pins a message of their chat with the bot: a service message says so."""
+        pinned = self._message_ref(message)
+        return self._incoming(user_id, None, {"pinned_message": dict(pinned)})
+
     async def send_sticker(self, user_id: int, chat_id: int | None = None, emoji: str = "👍") -> JSON:
         sticker = self._media_json(self._new_file("sticker", 20_000, meta={"emoji": emoji}))
         return self._incoming(user_id, chat_id, {"sticker": sticker})
