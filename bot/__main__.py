@@ -22,31 +22,10 @@ from bot.config import (
     routing_summary,
 )
 from bot.lean_import import defer as defer_aiogram_models
+from bot.redaction import RedactSecrets, describe, remember_secrets
 
+EXIT_FAILURE = 1
 EXIT_CONFIG = 2
-
-
-class RedactSecrets(logging.Filter):
-    """Keeps tokens out of every log line, whichever library wrote it."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
-        self._formatter = logging.Formatter()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(secret in message for secret in self.secrets):
-            record.msg, record.args = self.redact(message), None
-        if record.exc_info and not record.exc_text:
-            # A traceback can quote a request URL, and the Telegram token is part of every one.
-            record.exc_text = self.redact(self._formatter.formatException(record.exc_info))
-        return True
-
-    def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
 
 
 def configure_logging(settings: Settings) -> None:
@@ -57,9 +36,22 @@ def configure_logging(settings: Settings) -> None:
         settings.vk_group_token,
         settings.webhook_secret,
         settings.vk_callback_secret,
+        settings.redis_url,
     )
-    handler.addFilter(RedactSecrets([token.get_secret_value() for token in tokens if token is not None]))
+    secrets = [token.get_secret_value() for token in tokens if token is not None]
+    # The same secrets are kept out of the error texts the outbox stores (bot.redaction.redact).
+    remember_secrets(secrets)
+    handler.addFilter(RedactSecrets(secrets))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+    # vkbottle gives its logger a stderr handler of its own as it is imported, unless the logger has one
+    # already: that handler would print every line, token and traceback and all, before the redaction
+    # above saw it. A handler that prints nothing takes its place, whether vkbottle came first or comes
+    # later, and vkbottle's lines go on to the root's handler only.
+    vkbottle = logging.getLogger("vkbottle")
+    for own in list(vkbottle.handlers):
+        vkbottle.removeHandler(own)
+    vkbottle.addHandler(logging.NullHandler())
+    vkbottle.propagate = True
     # aiogram says "Update id=... is handled" for every update: a line for debugging, not for the log of
     # a bot serving thousands. Its warnings and errors still show.
     level = logging.getLogger().level
@@ -103,7 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from storage.db import migrate
 
     migrate(settings.database_url)
-    asyncio.run(serve(settings, routing))
+    try:
+        asyncio.run(serve(settings, routing))
+    except Exception as error:
+        # Not Python's own print of the traceback: it would show the request URL, token and all.
+        logging.getLogger("civicdesk").exception("stopped by an error")
+        print(
+            f"civicdesk: stopped by an error ({describe(error)}); the log above tells more", file=sys.stderr
+        )
+        return EXIT_FAILURE
     return 0
 
 

@@ -8,6 +8,7 @@ import aiohttp
 from aiogram import Bot
 
 from bot.domain import Attachment, Platform
+from bot.redaction import describe
 
 from .base import PermanentError, TransientError
 
@@ -27,7 +28,8 @@ class MediaFetcher:
             try:
                 await self.telegram.download(attachment.file_id, destination=buffer)
             except Exception as error:  # aiogram raises several kinds; all mean "try again later"
-                raise TransientError(f"Telegram file download failed: {error!r}") from None
+                # Its text would quote the file's URL, and the bot's token is part of it.
+                raise TransientError(f"Telegram file download failed: {describe(error)}") from None
             return buffer.getvalue()
         if not attachment.url:
             raise PermanentError("no_file", f"no URL for {attachment.file_id}")

@@ -16,6 +16,7 @@ from vkbottle.tools import DocMessagesUploader, PhotoMessageUploader
 
 from bot.domain import Attachment, MediaKind, Platform
 from bot.messages import Outgoing
+from bot.redaction import describe
 
 from .base import PermanentError, Progress, RetryAfter, TransientError
 from .vk_text import TEXT_LIMIT, html_to_text, keyboard, split_plain
@@ -148,7 +149,8 @@ class VkMessenger:
         except VKAPIError as error:
             raise _translate(error) from None
         except (OSError, TimeoutError, ValueError) as error:
-            raise TransientError(f"{method}: {error!r}") from None
+            # Not its text: a connect timeout's quotes the URL, access_token and all.
+            raise TransientError(f"{method}: {describe(error)}") from None
         if not isinstance(response, dict) or "response" not in response:
             raise TransientError(f"{method}: unexpected answer")
         return response["response"]

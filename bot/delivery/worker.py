@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot.clock import Clock
 from bot.domain import Platform
 from bot.messages import Outgoing
+from bot.redaction import redact
 from storage.db import Database
 from storage.group_commit import GroupCommit
 from storage.repository import UNREACHABLE_REASONS, Repository
@@ -458,11 +459,13 @@ class DeliveryWorker:
         await self._retry(row, timedelta(seconds=delay), error)
 
     async def _retry(self, row: Any, delay: timedelta, error: str, *, count: bool = True) -> None:
+        error = redact(error)  # the database, and so its backups, keep no token a failure quoted
         log.info("outbox %s to %s: %s; next try in %.1fs", row.id, row.chat_id, error, delay.total_seconds())
         async with self.db.transaction() as conn:
             await Repository(conn).outbox_retry(row.id, self.clock.now() + delay, error, count=count)
 
     async def _fail(self, row: Any, error: str) -> None:
+        error = redact(error)
         log.warning("outbox %s to %s failed for good: %s", row.id, row.chat_id, error)
         async with self.db.transaction() as conn:
             await Repository(conn).outbox_failed(row.id, error)
