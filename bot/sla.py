@@ -23,6 +23,7 @@ __all__ = [
     "SlaKind",
     "WorkingCalendar",
     "deadline",
+    "deadline_after_pause",
     "format_duration",
     "parse_duration",
     "parse_remind_before",
@@ -383,6 +384,38 @@ class WorkingCalendar:
             return self._utc(datetime.combine(day, self.end))
         return self._utc(self._add_working_time(local, timedelta(hours=sla.amount)))
 
+    def working_time_between(self, start: datetime, end: datetime) -> timedelta:
+        """The working time from aware `start` to aware `end`: the parts of [start, end) that fall in
+        working hours on working days, in local wall-clock time like every count here (so
+        `add_working_time` of it from `start` ends at `end`, or at the last closing before `end` when
+        that is out of hours). Zero when `end` is not after `start`."""
+        _require_aware(start, "start")
+        _require_aware(end, "end")
+        if end <= start:
+            return timedelta(0)
+        first, last = self._local(start), self._local(end)
+        total = timedelta(0)
+        day = first.date()
+        while day <= last.date():
+            if self.is_working_day(day):
+                opening = max(first, datetime.combine(day, self.start))
+                closing = min(last, datetime.combine(day, self.end))
+                if closing > opening:
+                    total += closing - opening
+            day += timedelta(days=1)
+        return total
+
+    def add_working_time(self, start: datetime, amount: timedelta) -> datetime:
+        """The aware UTC instant at which `amount` of working time has passed since aware `start`,
+        counted as for "N wh" (working time used up exactly at closing ends at closing). Adding
+        nothing leaves `start` where it is, even out of hours."""
+        _require_aware(start, "start")
+        if amount < timedelta(0):
+            raise ValueError(f"cannot add a negative working time: {amount}")
+        if not amount:
+            return start.astimezone(UTC)
+        return self._utc(self._add_working_time(self._local(start), amount))
+
     # Naive datetimes below are local wall-clock times in self.timezone.
 
     def _local(self, moment: datetime) -> datetime:
@@ -428,3 +461,31 @@ def deadline(opened_at: datetime, sla: Sla | timedelta, calendar: Calendar = ELA
     due = calendar.add(opened_at, _as_sla(sla))
     _require_aware(due, "calendar result")
     return due.astimezone(UTC)
+
+
+def deadline_after_pause(
+    due_at: datetime,
+    paused_at: datetime,
+    resumed_at: datetime,
+    sla: Sla | timedelta,
+    calendar: Calendar = ELAPSED_TIME,
+) -> datetime:
+    """Where the deadline `due_at` of a ticket whose clock stood still from `paused_at` to `resumed_at`
+    moves, as an aware UTC datetime: where it would have fallen had the clock stopped.
+
+    An elapsed SLA moves on by the real time of the pause. A working-days or working-hours SLA moves on
+    by the working time that passed during the pause, counted on `calendar` (a `WorkingCalendar`):
+    asked on Friday at 17:00 and answered on Monday at 09:00, with 09:00-18:00 hours, a deadline moves
+    on by one working hour, not by 64 hours.
+    """
+    for value, name in ((due_at, "due_at"), (paused_at, "paused_at"), (resumed_at, "resumed_at")):
+        _require_aware(value, name)
+    sla = _as_sla(sla)
+    if sla.kind == "elapsed":
+        return due_at.astimezone(UTC) + max(resumed_at - paused_at, timedelta(0))
+    if not isinstance(calendar, WorkingCalendar):
+        raise ValueError(
+            f'SLA "{sla}" counts working time, so a pause in it is counted on a working calendar, '
+            f"not on {calendar!r}"
+        )
+    return calendar.add_working_time(due_at, calendar.working_time_between(paused_at, resumed_at))

@@ -1,9 +1,9 @@
-"""Tests for bot.sla: the SLA and reminder syntax and deadline computation on elapsed time.
-Working calendars are tested in test_calendar.py."""
+"""Tests for bot.sla: the SLA and reminder syntax and deadline computation on elapsed time, and the
+working time a ticket's pause takes out of its SLA. Working calendars are tested in test_calendar.py."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,7 +14,9 @@ from bot.sla import (
     ELAPSED_TIME,
     RemindBefore,
     Sla,
+    WorkingCalendar,
     deadline,
+    deadline_after_pause,
     format_duration,
     parse_duration,
     parse_remind_before,
@@ -323,3 +325,170 @@ def test_no_reminder_without_a_lead_or_when_it_would_not_follow_the_opening(lead
 def test_reminder_at_rejects_naive_datetimes() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         reminder_at(OPENED.replace(tzinfo=None), DUE, parse_remind_before("1h"))
+
+
+# --- working time between two instants, and a pause in a working-time SLA ----------------------
+
+MOSCOW = ZoneInfo("Europe/Moscow")  # UTC+3 all year
+OFFICE = WorkingCalendar(MOSCOW)  # Monday to Friday, 09:00-18:00, no holidays
+# Monday 9 March 2026 a holiday, Saturday 7 March a working day given in exchange.
+SWAPPED = WorkingCalendar(
+    MOSCOW, holidays=frozenset({date(2026, 3, 9)}), extra_working=frozenset({date(2026, 3, 7)})
+)
+HOLIDAY_MONDAY = WorkingCalendar(MOSCOW, holidays=frozenset({date(2026, 3, 9)}))
+
+
+# Any minute of 2026 in Moscow.
+MINUTES_OF_2026 = st.integers(min_value=0, max_value=60 * 24 * 364).map(
+    lambda minutes: datetime(2026, 1, 1, tzinfo=MOSCOW) + timedelta(minutes=minutes)
+)
+
+
+def msk(day: int, hour: int, minute: int = 0) -> datetime:
+    """A moment of March 2026 in Moscow: the 2nd is a Monday, the 6th a Friday, the 7th and 8th a weekend."""
+    return datetime(2026, 3, day, hour, minute, tzinfo=MOSCOW)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "worked"),
+    [
+        (msk(3, 10), msk(3, 12, 30), timedelta(hours=2, minutes=30)),  # inside one day
+        (msk(3, 7), msk(3, 20), timedelta(hours=9)),  # a whole day, from before opening to after closing
+        (msk(3, 9), msk(3, 18), timedelta(hours=9)),  # opening to closing exactly
+        (msk(3, 17), msk(4, 10), timedelta(hours=2)),  # across a night
+        (msk(2, 17), msk(5, 10), timedelta(hours=20)),  # across three nights: 1 + 9 + 9 + 1
+        (msk(6, 17), msk(9, 9), timedelta(hours=1)),  # across a weekend, ending at Monday's opening
+        (msk(6, 17), msk(9, 11), timedelta(hours=3)),
+        (msk(7, 10), msk(8, 20), timedelta(0)),  # all on the weekend
+        (msk(3, 19), msk(4, 8), timedelta(0)),  # all in one night
+        (msk(3, 18), msk(4, 9), timedelta(0)),  # from closing to the next opening
+        (msk(3, 12), msk(3, 12), timedelta(0)),  # no time at all
+        (msk(4, 12), msk(3, 12), timedelta(0)),  # backwards
+    ],
+)
+def test_working_time_between(start: datetime, end: datetime, worked: timedelta) -> None:
+    assert OFFICE.working_time_between(start, end) == worked
+
+
+def test_working_time_between_skips_holidays_and_counts_working_weekend_days() -> None:
+    friday_1700, tuesday_1000 = msk(6, 17), msk(10, 10)
+    assert OFFICE.working_time_between(friday_1700, tuesday_1000) == timedelta(hours=11)
+    assert HOLIDAY_MONDAY.working_time_between(friday_1700, tuesday_1000) == timedelta(hours=2)
+    assert SWAPPED.working_time_between(friday_1700, tuesday_1000) == timedelta(hours=11)  # Sat, not Mon
+    assert SWAPPED.working_time_between(msk(7, 8), msk(7, 12)) == timedelta(hours=3)
+
+
+def test_working_time_between_reads_the_instants_in_the_calendars_zone() -> None:
+    # 14:00-16:00 UTC on Friday is 17:00-19:00 in Moscow: one working hour, not two.
+    start, end = datetime(2026, 3, 6, 14, tzinfo=UTC), datetime(2026, 3, 6, 16, tzinfo=UTC)
+    assert OFFICE.working_time_between(start, end) == timedelta(hours=1)
+    tokyo = WorkingCalendar(ZoneInfo("Asia/Tokyo"))  # 23:00-01:00 there: nothing
+    assert tokyo.working_time_between(start, end) == timedelta(0)
+
+
+def test_working_time_between_follows_the_wall_clock_on_a_dst_change() -> None:
+    # Berlin springs forward at 02:00 on Sunday 29 March 2026; a shift working 01:00-05:00 every day
+    # has the four wall-clock hours that its SLAs count, though only three real ones passed.
+    berlin = ZoneInfo("Europe/Berlin")
+    nights = WorkingCalendar(berlin, time(1), time(5), weekends=frozenset())
+    start, end = datetime(2026, 3, 29, 0, tzinfo=berlin), datetime(2026, 3, 29, 6, tzinfo=berlin)
+    assert nights.working_time_between(start, end) == timedelta(hours=4)
+
+
+def test_working_time_between_rejects_naive_datetimes() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        OFFICE.working_time_between(msk(3, 10).replace(tzinfo=None), msk(3, 12))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        OFFICE.working_time_between(msk(3, 10), msk(3, 12).replace(tzinfo=None))
+
+
+@given(
+    start=MINUTES_OF_2026,
+    minutes=st.integers(min_value=1, max_value=60 * 200),
+)
+def test_working_time_between_undoes_adding_working_time(start: datetime, minutes: int) -> None:
+    amount = timedelta(minutes=minutes)
+    for calendar in (OFFICE, SWAPPED):
+        end = calendar.add_working_time(start, amount)
+        assert calendar.working_time_between(start, end) == amount
+    hours = minutes // 60 + 1
+    assert OFFICE.working_time_between(start, OFFICE.add(start, Sla.working_hours(hours))) == timedelta(
+        hours=hours
+    )
+
+
+def test_adding_working_time() -> None:
+    assert OFFICE.add_working_time(msk(9, 17), timedelta(hours=1)) == msk(9, 18)  # ends at closing
+    assert OFFICE.add_working_time(msk(9, 18), timedelta(hours=1)) == msk(10, 10)
+    assert OFFICE.add_working_time(msk(6, 17), timedelta(hours=2)) == msk(9, 10)
+    assert HOLIDAY_MONDAY.add_working_time(msk(6, 17), timedelta(hours=2)) == msk(10, 10)
+    # Nothing to add: the instant stays as it is, out of hours too, instead of moving to an opening.
+    assert OFFICE.add_working_time(msk(7, 12), timedelta(0)) == msk(7, 12)
+    assert OFFICE.add_working_time(msk(7, 12), timedelta(0)).tzinfo is UTC
+    with pytest.raises(ValueError, match="negative"):
+        OFFICE.add_working_time(msk(3, 10), timedelta(hours=-1))
+
+
+SIXTEEN_HOURS = parse_sla("16wh")
+
+
+def test_a_pause_moves_a_working_hours_deadline_by_the_working_time_it_took() -> None:
+    # 16 working hours from Friday 10:00 are due on Monday at 17:00. Asked on Friday at 17:00 and
+    # answered on Monday at 09:00, the ticket waited one working hour (Friday 17:00-18:00): due at 18:00.
+    due = deadline(msk(6, 10), SIXTEEN_HOURS, OFFICE)
+    assert due == msk(9, 17)
+    assert deadline_after_pause(due, msk(6, 17), msk(9, 9), SIXTEEN_HOURS, OFFICE) == msk(9, 18)
+    # Monday a holiday: due on Tuesday at 17:00, and the wait until Tuesday 09:00 still took one hour.
+    due = deadline(msk(6, 10), SIXTEEN_HOURS, HOLIDAY_MONDAY)
+    assert due == msk(10, 17)
+    assert deadline_after_pause(due, msk(6, 17), msk(10, 9), SIXTEEN_HOURS, HOLIDAY_MONDAY) == msk(10, 18)
+
+
+def test_a_pause_moves_a_working_days_deadline_by_the_working_time_it_took() -> None:
+    two_days = parse_sla("2wd")
+    due = deadline(msk(2, 10), two_days, OFFICE)
+    assert due == msk(4, 18)
+    # Two working hours on Tuesday: two hours into Thursday, where the stopped clock would have run out.
+    assert deadline_after_pause(due, msk(3, 12), msk(3, 14), two_days, OFFICE) == msk(5, 11)
+
+
+def test_a_pause_out_of_working_hours_moves_nothing() -> None:
+    due = msk(9, 17)
+    assert deadline_after_pause(due, msk(6, 19), msk(8, 23), SIXTEEN_HOURS, OFFICE) == due
+    assert deadline_after_pause(due, msk(9, 12), msk(9, 12), SIXTEEN_HOURS, OFFICE) == due
+
+
+def test_a_pause_in_an_elapsed_sla_moves_it_by_the_real_time() -> None:
+    due = msk(9, 10)
+    moved = deadline_after_pause(due, msk(6, 17), msk(9, 9), parse_sla("3d"), OFFICE)
+    assert moved == due + timedelta(hours=64)
+    assert moved.tzinfo is UTC
+    assert deadline_after_pause(due, msk(6, 17), msk(9, 9), timedelta(days=3)) == due + timedelta(hours=64)
+
+
+def test_a_pause_in_a_working_sla_needs_a_working_calendar() -> None:
+    with pytest.raises(ValueError, match="working calendar"):
+        deadline_after_pause(msk(9, 17), msk(6, 17), msk(9, 9), SIXTEEN_HOURS, ELAPSED_TIME)
+
+
+@given(
+    opened=MINUTES_OF_2026,
+    hours=st.integers(min_value=1, max_value=80),
+    before_pause=st.integers(min_value=0, max_value=60 * 24 * 10),
+    pause=st.integers(min_value=0, max_value=60 * 24 * 10),
+)
+def test_a_paused_deadline_is_where_the_stopped_clock_would_run_out(
+    opened: datetime, hours: int, before_pause: int, pause: int
+) -> None:
+    sla = Sla.working_hours(hours)
+    for calendar in (OFFICE, SWAPPED):
+        due = deadline(opened, sla, calendar)
+        paused_at = opened + timedelta(minutes=before_pause)
+        resumed_at = paused_at + timedelta(minutes=pause)
+        left = calendar.working_time_between(paused_at, due)  # the SLA not yet spent when it stopped
+        moved = deadline_after_pause(due, paused_at, resumed_at, sla, calendar)
+        if left:
+            assert moved == calendar.add_working_time(resumed_at, left)
+        # Working time from opening to the new deadline, less what the pause took, is the whole SLA.
+        worked = calendar.working_time_between(opened, moved)
+        assert worked - calendar.working_time_between(paused_at, resumed_at) == timedelta(hours=hours)
