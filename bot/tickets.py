@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from bot.chats import ChatDirectory
 from bot.config import Routing
@@ -31,6 +31,7 @@ from bot.domain import (
 from bot.i18n import Html, Translator
 from bot.messages import Button, Outgoing, Ref, draft_from_json, feedback
 from bot.render import Renderer
+from bot.sla import deadline_after_pause
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,8 @@ class TicketService:
         self, citizen: Citizen, ticket_id: int, text: str, photos: Sequence[Attachment]
     ) -> Ticket:
         """A citizen's answer or addition: stored, shown in the agency chat under the card. An answer to
-        a question restarts the clock, moving the deadline by the time the ticket waited."""
+        a question restarts the clock, moving the deadline by the time that counted while the ticket
+        waited: all of it for a calendar-duration SLA, the working time for a working-time one."""
         async with self.outbox.unit() as u:
             ticket = await self._ticket(u, ticket_id)
             if ticket.citizen_id != citizen.id:
@@ -185,17 +187,22 @@ class TicketService:
                 ticket.id, EventKind.citizen_message, f"citizen:{citizen.id}", {"text": text}, u.now
             )
             if ticket.status is TicketStatus.need_info:
-                # The clock stood still while the ticket waited: every promise moves on by that much.
-                waited = u.now - (ticket.waiting_since or u.now)
+                # The clock stood still while the ticket waited: the deadline moves to where it would
+                # have fallen had it stopped, and the promises tied to it move with it.
+                since = ticket.waiting_since or u.now
+                due_at = self._deadline_after_pause(ticket, since, u.now)
                 ticket = await u.repo.update_ticket(
                     ticket.id,
                     status=TicketStatus.in_progress.value,
-                    due_at=ticket.due_at + waited,
-                    remind_at=ticket.remind_at + waited if ticket.remind_at else None,
+                    due_at=due_at,
+                    # The reminder keeps its lead before the deadline; one already sent stays sent.
+                    remind_at=due_at - (ticket.due_at - ticket.remind_at) if ticket.remind_at else None,
+                    # Not yet alerted: the first alert is at the deadline. Alerted already: the next
+                    # repeat (a real-time interval) keeps the time it had left when the wait began.
                     next_alert_at=(
-                        ticket.due_at + waited
+                        due_at
                         if ticket.overdue_level == 0 or ticket.next_alert_at is None
-                        else ticket.next_alert_at + waited
+                        else max(due_at, ticket.next_alert_at + (u.now - since))
                     ),
                     waiting_since=None,
                     updated_at=u.now,
@@ -220,6 +227,17 @@ class TicketService:
             )
             await self.tell_citizen(u, citizen, ticket, "citizen.message_added", role="ack")
             return ticket
+
+    def _deadline_after_pause(self, ticket: Ticket, paused_at: datetime, resumed_at: datetime) -> datetime:
+        """The ticket's deadline once its clock, stopped from `paused_at`, runs again at `resumed_at`:
+        moved by the real time of the wait for a calendar-duration SLA, by the working time that
+        passed meanwhile on the routing's calendar for a working-days or working-hours SLA."""
+        try:
+            sla = self.routing.category(ticket.category_id).sla
+        except KeyError:
+            # A category gone from the routing: its SLA is unknown, so the wait counts in real time.
+            return ticket.due_at + max(resumed_at - paused_at, timedelta(0))
+        return deadline_after_pause(ticket.due_at, paused_at, resumed_at, sla, self.routing.calendar)
 
     async def answer_feedback(self, citizen: Citizen, ticket_id: int, solved: bool) -> str:
         """The citizen's "Solved? Yes / No". Returns the key of the short answer to show them."""
@@ -349,10 +367,23 @@ class TicketService:
             await u.repo.outbox_move_chat(platform, old, new)
 
     async def citizen_reachable(self, platform: Platform, external_id: int) -> None:
+        """The person may be written to again (unblocked the bot, allowed messages, wrote to us), on
+        either platform. What they were owed about their tickets and did not get because they were out
+        of reach (answers, "Solved?", notices) goes again, in its original order: the failed rows are
+        queued again in place, so each is still one message, and a second call finds none to resend."""
         async with self.outbox.unit() as u:
             citizen = await u.repo.citizen_by_external(platform, external_id)
-            if citizen is not None and citizen.unreachable_at is not None:
+            if citizen is None:
+                return
+            if citizen.unreachable_at is not None:
                 await u.repo.set_citizen_unreachable(citizen.id, None)
+            resent = await u.repo.outbox_requeue_owed(platform, external_id, u.now)
+            if resent:
+                u.queued.add((platform, external_id))  # wakes the worker for the requeued rows
+        if resent:
+            log.info(
+                "%s citizen %s is reachable again; %s messages requeued", platform.value, citizen.id, resent
+            )
 
     # -- staff
 

@@ -36,6 +36,8 @@ from storage.schema import (
 # The worker records a permanent failure as "<reason>: <detail>"; these reasons mean the chat itself is
 # out of reach (as opposed to one message being wrong).
 UNREACHABLE_REASONS = ("blocked", "deactivated", "chat_not_found")
+# What the worker records for an edit whose message was never sent (so there is nothing to edit).
+EDIT_TARGET_NEVER_SENT = "the message to edit was never sent"
 
 
 # The statements every update runs, built once and run with their values as parameters: building a
@@ -533,6 +535,45 @@ class Repository:
                 sa.or_(*(outbox.c.last_error.startswith(f"{reason}:") for reason in UNREACHABLE_REASONS)),
             )
             .values(status="pending", attempts=0, next_attempt_at=now, last_error=None)
+        )
+        return int(result.rowcount)
+
+    async def outbox_requeue_owed(self, platform: Platform, chat_id: int, now: datetime) -> int:
+        """Give another go to the messages about tickets that failed because the person could not be
+        reached, and to the edits after the first of them that failed only because the message they
+        edit had not gone (taking "Solved?" buttons off an answer that is only now going); returns how
+        many rows. Rows go back in place, keeping their ids (so their order) and dedupe keys: what
+        is queued again is still one row, sent once; those that failed otherwise stay failed."""
+        failed_here = (
+            outbox.c.platform == platform.value,
+            outbox.c.chat_id == chat_id,
+            outbox.c.status == "failed",
+            outbox.c.ticket_id.is_not(None),
+        )
+        unreachable = sa.or_(
+            *(outbox.c.last_error.startswith(f"{reason}:") for reason in UNREACHABLE_REASONS)
+        )
+        first = await self.conn.scalar(sa.select(sa.func.min(outbox.c.id)).where(*failed_here, unreachable))
+        if first is None:
+            return 0
+        result = await self.conn.execute(
+            outbox.update()
+            .where(
+                *failed_here,
+                outbox.c.id >= first,
+                sa.or_(
+                    unreachable,
+                    sa.and_(outbox.c.kind == "edit", outbox.c.last_error == EDIT_TARGET_NEVER_SENT),
+                ),
+            )
+            .values(
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                last_error=None,
+                claimed_by=None,
+                claimed_until=None,
+            )
         )
         return int(result.rowcount)
 

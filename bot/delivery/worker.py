@@ -24,7 +24,7 @@ from bot.messages import Outgoing
 from bot.redaction import redact
 from storage.db import Database
 from storage.group_commit import GroupCommit
-from storage.repository import UNREACHABLE_REASONS, Repository
+from storage.repository import EDIT_TARGET_NEVER_SENT, UNREACHABLE_REASONS, Repository
 
 from .base import (
     ChatMigrated,
@@ -315,7 +315,7 @@ class DeliveryWorker:
             target, reply_to = await self._targets(platform, row.chat_id, message)
             if message.edit is not None and target is None:
                 if not message.or_send:
-                    await self._fail(row, "the message to edit was never sent")
+                    await self._fail(row, EDIT_TARGET_NEVER_SENT)
                     return True
                 message = message.as_new()
             try:
