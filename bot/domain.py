@@ -188,6 +188,13 @@ class TicketClosed(DomainError):
     key = "error.ticket_closed"
 
 
+class UnknownCommand(DomainError):
+    """A staff reply that starts with a command the bot does not have (a typo, most often): refused
+    rather than passed to the citizen word for word."""
+
+    key = "staff.unknown_command"
+
+
 def check_action(status: TicketStatus, action: Action) -> None:
     if action not in ALLOWED_ACTIONS[status]:
         raise InvalidTransition(f"{action} not allowed from {status}")

@@ -7,6 +7,7 @@ everyone who must hear of it. No platform library is imported here.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ from bot.domain import (
     TicketEvent,
     TicketNotFound,
     TicketStatus,
+    UnknownCommand,
     check_action,
 )
 from bot.i18n import Html, Translator
@@ -34,6 +36,9 @@ from bot.render import Renderer
 from bot.sla import deadline_after_pause
 
 log = logging.getLogger(__name__)
+
+# A staff reply that starts with a command ("/resolve@bot words"): the command, and the words after it.
+STAFF_COMMAND = re.compile(r"(/[A-Za-z0-9_]+)(?:@\w+)?(?:\s+(.*))?$", re.DOTALL)
 
 STAFF_PLATFORM = Platform.telegram
 # A cursor row per staff chat the bot cannot write to, holding since when.
@@ -511,14 +516,15 @@ class TicketService:
     ) -> None:
         """A staff reply in the chat to one of the ticket's messages: an answer to the citizen, an
         internal note (`!`), or the words a prompt asked for (question, final answer, reason)."""
-        command, _, rest = text.partition(" ")
-        command = command.split("@")[0].lower()
         explicit = {"/ask": Action.need_info, "/resolve": Action.resolve, "/reject": Action.reject}
+        command = STAFF_COMMAND.match(text)
+        if command is not None and command.group(1).lower() not in explicit:
+            raise UnknownCommand(command.group(1))
         action: Action | None = None
         if role.startswith("prompt:"):
             action = Action(role.removeprefix("prompt:"))
-        elif command in explicit:
-            action, text = explicit[command], rest.strip()
+        elif command is not None:
+            action, text = explicit[command.group(1).lower()], (command.group(2) or "").strip()
         async with self.outbox.unit() as u:
             ticket = await self._ticket_for_staff(u, ticket_id, staff)
             if action is None and text.startswith("!"):

@@ -297,6 +297,24 @@ async def test_a_forged_button_from_another_agency_changes_nothing(world: World)
         assert tg.callback_answer(junk)["text"] == world.t.get("en", "toast.unknown_button"), data  # type: ignore[index]
 
 
+async def test_staff_commands_the_bot_lacks_are_answered_and_never_reach_the_citizen(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE)
+    card = await world.card(ROADS_CHAT, number)
+    said = len(tg.bot_messages(ALICE))
+    await tg.send_command(ROADS_STAFF, "/frobnicate", chat_id=ROADS_CHAT)
+    await world.says_key(ROADS_CHAT, "ru", "staff.unknown_command")
+    await tg.send_command(ROADS_STAFF, "/frobnicate@civicdesk_test_bot", chat_id=ROADS_CHAT)
+    await tg.send_command(ROADS_STAFF, "/poll@some_other_bot", chat_id=ROADS_CHAT)  # not ours to answer
+    # A mistyped command in a reply to the card: said back to the staff, not sent to the citizen.
+    await tg.send_text(ROADS_STAFF, "/reslove засыпали", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    await world.handled_all()
+    refusal = plain(world.t.get("ru", "staff.unknown_command"))
+    assert len([m for m in tg.bot_messages(ROADS_CHAT) if m.get("text") == refusal]) == 3
+    assert len(tg.bot_messages(ALICE)) == said
+    assert await world.status_of(number) is TicketStatus.new
+
+
 async def test_a_button_on_a_stale_card_is_refused_and_the_card_refreshed(world: World) -> None:
     tg = world.tg
     number = await world.file_report(ALICE)

@@ -6,7 +6,7 @@ checks again that the chat may act on the particular ticket.
 
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Bot, F, Router
 from aiogram.enums import ChatMemberStatus
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, ChatMemberUpdated, Message
@@ -122,6 +122,16 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
             tickets.staff_text(chat_id, "staff.help", prefix=routing.ticket_prefix),
             message.message_id,
         )
+
+    @router.message(Where(F.text.startswith("/") & ~F.reply_to_message))
+    async def unknown_command(message: Message, bot: Bot, tickets: TicketService, outbox: Outbox) -> None:
+        """A command the bot does not have; one addressed to another bot of the group is not ours."""
+        assert message.text is not None
+        _, _, mention = message.text.split(maxsplit=1)[0].partition("@")
+        if mention and mention.lower() != ((await bot.me()).username or "").lower():
+            return
+        chat_id = message.chat.id
+        await _say(outbox, chat_id, tickets.staff_text(chat_id, "staff.unknown_command"), message.message_id)
 
     @router.message(Where(F.reply_to_message))
     async def reply(message: Message, tickets: TicketService, outbox: Outbox) -> None:
