@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from bot.delivery.outbox import Unit
 from bot.domain import EventKind, Platform, Ticket, TicketStatus
@@ -261,8 +261,15 @@ class Deadlines:
                 await self.tickets.close_feedback_buttons(u, citizen, closed)
             return len(due), len(due)
 
+    def _local_at(self, day: date, at: time) -> datetime:
+        """`at` o'clock on `day` in the routing's time zone, as UTC (a local day is 23 or 25 hours long
+        when the clocks change)."""
+        return datetime.combine(day, at, tzinfo=self.routing.timezone).astimezone(UTC)
+
     async def digest(self, now: datetime) -> int:
-        """Once a day at `digest_at` local time: the last day per agency, and the longest overdue."""
+        """Once a day at `digest_at` local time: per agency, what was filed and resolved since the last
+        digest's hour (yesterday's, or the day of the last digest sent if days were missed) up to today's,
+        in local days, however late the digest goes; what is open and overdue now; the longest overdue."""
         at = self.policy.digest_at
         if at is None:
             return 0
@@ -271,11 +278,14 @@ class Deadlines:
             return 0
         today = local.date().isoformat()
         async with self.outbox.read() as repo:
-            if await repo.cursor("digest") == today:
-                return 0
+            last = await repo.cursor("digest")
+        if last == today:
+            return 0
+        since_day = date.fromisoformat(last) if last else local.date() - timedelta(days=1)
+        since, until = self._local_at(since_day, at), self._local_at(local.date(), at)
         # Counting goes over the whole table: outside the write turn, and off the event loop.
         async with self.outbox.read(offload=True) as repo:
-            counts = {row.agency_id: row for row in await repo.digest_counts(now - timedelta(days=1), now)}
+            counts = {row.agency_id: row for row in await repo.digest_counts(since, until, now)}
         async with self.outbox.unit() as u:
             if await u.repo.cursor("digest") == today:
                 return 0  # sent meanwhile (by another instance)

@@ -239,15 +239,18 @@ class Repository:
         )
         return int(count), int(last), [(_ticket(r), int(r.alert["level"])) for r in rows]
 
-    async def digest_counts(self, since: datetime, now: datetime) -> list[sa.Row[Any]]:
-        """Per agency: filed and resolved since `since`, open now, overdue now."""
+    async def digest_counts(self, since: datetime, until: datetime, now: datetime) -> list[sa.Row[Any]]:
+        """Per agency: filed and resolved from `since` up to (not including) `until`, open now, overdue
+        now."""
         open_statuses = [s.value for s in TicketStatus if s.is_open and s is not TicketStatus.resolved]
         working = [TicketStatus.new.value, TicketStatus.in_progress.value]
+        filed = sa.and_(tickets.c.created_at >= since, tickets.c.created_at < until)
+        resolved = sa.and_(tickets.c.resolved_at >= since, tickets.c.resolved_at < until)
         query = (
             sa.select(
                 tickets.c.agency_id,
-                sa.func.sum(sa.case((tickets.c.created_at >= since, 1), else_=0)).label("new"),
-                sa.func.sum(sa.case((tickets.c.resolved_at >= since, 1), else_=0)).label("resolved"),
+                sa.func.sum(sa.case((filed, 1), else_=0)).label("new"),
+                sa.func.sum(sa.case((resolved, 1), else_=0)).label("resolved"),
                 sa.func.sum(sa.case((tickets.c.status.in_(open_statuses), 1), else_=0)).label("open"),
                 sa.func.sum(
                     sa.case((sa.and_(tickets.c.status.in_(working), tickets.c.due_at <= now), 1), else_=0)

@@ -295,6 +295,29 @@ async def test_the_daily_digest_goes_once_at_the_local_hour(db: Database) -> Non
     assert not [text for text in later if "03.03.2026" in text]  # overdue alerts, but no second digest
 
 
+async def test_a_late_digest_counts_the_day_between_the_digest_hours(db: Database) -> None:
+    desk = make_desk(
+        db,
+        parse_routing(TEST_ROUTING),
+        Policy(citizen_update_every=None, digest_at=time(9, 0)),
+        ManualClock(MONDAY),
+    )
+    assert len(texts(await desk.at(MONDAY), COORDINATORS_CHAT)) == 1  # Monday's, at 10:00
+    desk.clock.set(MONDAY + timedelta(hours=2))
+    await desk.file(21, category="potholes")  # Monday 12:00: Tuesday's digest tells of it
+    desk.clock.set(MONDAY + timedelta(days=1))
+    await desk.file(22, category="garbage")  # Tuesday 10:00, after its digest's hour: Wednesday's
+    # No scan from Monday evening until Tuesday 15:00 (the bot was down): Tuesday's digest goes late.
+    tuesday = texts(await desk.at(MONDAY + timedelta(days=1, hours=5)), COORDINATORS_CHAT)
+    digest = [text for text in tuesday if "03.03.2026" in text]
+    assert len(digest) == 1
+    assert "Управление дорог: 1 ·" in digest[0] and "Региональный оператор: 0 ·" in digest[0]
+    wednesday = texts(await desk.at(MONDAY + timedelta(days=2)), COORDINATORS_CHAT)
+    digest = [text for text in wednesday if "04.03.2026" in text]
+    assert len(digest) == 1
+    assert "Управление дорог: 0 ·" in digest[0] and "Региональный оператор: 1 ·" in digest[0]
+
+
 async def test_citizens_hear_that_their_ticket_is_still_in_work(db: Database) -> None:
     desk = make_desk(
         db,
