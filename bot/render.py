@@ -27,14 +27,15 @@ class Renderer:
     def local_time(self, when: datetime) -> str:
         return when.astimezone(self.routing.timezone).strftime("%d.%m.%Y %H:%M")
 
-    def duration(self, locale: str, delta: timedelta) -> str:
-        """A length of time in its two largest units, e.g. "2 д 5 ч", rounded down to minutes."""
+    def duration(self, locale: str, delta: timedelta) -> Html:
+        """A length of time in its two largest units, e.g. "2 д 5 ч", rounded down to minutes: catalogue
+        text, already HTML, so not escaped again where it goes."""
         minutes = max(int(delta.total_seconds() // 60), 0)
         days, rest = divmod(minutes, 24 * 60)
         hours, minutes = divmod(rest, 60)
         units = (("duration.days", days), ("duration.hours", hours), ("duration.minutes", minutes))
         parts = [self.t.plural(locale, key, amount) for key, amount in units if amount][:2]
-        return " ".join(parts) or self.t.plural(locale, "duration.minutes", 0)
+        return Html(" ".join(parts) or self.t.plural(locale, "duration.minutes", 0))
 
     def status(self, locale: str, status: TicketStatus) -> str:
         return self.t.get(locale, f"status.{status.value}")
