@@ -440,6 +440,27 @@ async def test_a_staff_photo_reply_reaches_the_citizen_as_a_photo(world: World) 
     assert "Вот так сейчас" in photo["caption"] and f"#T{number}" in photo["caption"]
 
 
+async def test_a_staff_album_is_one_answer_and_what_cannot_go_is_said(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE)
+    card = await world.card(ROADS_CHAT, number)
+    before = len(tg.bot_messages(ALICE))
+    await tg.send_album(
+        ROADS_STAFF, 3, caption="Было и стало", chat_id=ROADS_CHAT, reply_to=card["message_id"]
+    )
+    await world.handled_all()
+    answers = tg.bot_messages(ALICE)[before:]
+    assert len(answers) == 3 and all(m.get("photo") for m in answers)
+    assert len({m.get("media_group_id") for m in answers}) == 1, "one album, not three answers"
+    assert sum("Было и стало" in m.get("caption", "") for m in answers) == 1
+    acks = [m for m in tg.bot_messages(ROADS_CHAT) if m.get("text", "").startswith("✅")]
+    assert len(acks) == 1
+
+    await tg.send_video(ROADS_STAFF, caption="Видео с места", chat_id=ROADS_CHAT, reply_to=card["message_id"])
+    await world.bot_says(ALICE, lambda m: "Видео с места" in m.get("text", ""))
+    await world.says_key(ROADS_CHAT, "ru", "staff.left_out")
+
+
 async def test_a_long_staff_answer_arrives_whole_in_several_messages(world: World) -> None:
     tg = world.tg
     number = await world.file_report(ALICE)

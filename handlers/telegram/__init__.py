@@ -10,4 +10,4 @@ from .citizen import citizen_router
 
 
 def get_routers(routing: Routing, album_wait: float, chats: ChatDirectory) -> list[Router]:
-    return [citizen_router(album_wait), staff_router(routing, chats)]
+    return [citizen_router(album_wait), staff_router(routing, chats, album_wait)]

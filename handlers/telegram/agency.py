@@ -19,14 +19,17 @@ from bot.domain import Action, DomainError, Platform, TicketStatus, parse_id
 from bot.messages import Outgoing, Ref
 from bot.tickets import TicketService
 
-from .common import Where, answer, photos, staff
+from .common import Where, answer, document_too_big, photos, staff, text_of, unsupported_kind
+from .middlewares import AlbumMiddleware
 
 
-def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
+def staff_router(routing: Routing, chats: ChatDirectory, album_wait: float) -> Router:
     router = Router(name="staff")
     # Looked up on every update, so a chat that moved (group → supergroup) keeps its authority.
     router.message.filter(Where(F.chat.id.func(chats.is_staff_chat)))
     router.callback_query.filter(Where(F.message.chat.id.func(chats.is_staff_chat)))
+    # An album sent as a reply is one answer with all its photos, not one answer per photo.
+    router.message.middleware(AlbumMiddleware(album_wait))
 
     @router.my_chat_member(Where(F.chat.id.func(chats.is_staff_chat)))
     async def membership(update: ChatMemberUpdated, tickets: TicketService) -> None:
@@ -134,7 +137,9 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
         await _say(outbox, chat_id, tickets.staff_text(chat_id, "staff.unknown_command"), message.message_id)
 
     @router.message(Where(F.reply_to_message))
-    async def reply(message: Message, tickets: TicketService, outbox: Outbox) -> None:
+    async def reply(
+        message: Message, tickets: TicketService, outbox: Outbox, album: list[Message] | None = None
+    ) -> None:
         assert message.reply_to_message is not None
         async with outbox.read() as repo:
             link = await repo.linked_ticket(
@@ -143,8 +148,11 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
         if link is None:
             return  # a conversation among staff, not about a ticket
         ticket_id, role = link
-        text = (message.text or message.caption or "").strip()
-        attachments = photos([message])
+        parts = album or [message]
+        text = text_of(parts)
+        attachments = photos(parts)
+        # What the citizen cannot be given (a voice message, a video, a file over the size limit).
+        left_out = any(unsupported_kind(part) or document_too_big(part) for part in parts)
         if not text and not attachments:
             await _say(
                 outbox,
@@ -160,6 +168,14 @@ def staff_router(routing: Routing, chats: ChatDirectory) -> Router:
         except DomainError as error:
             await _say(
                 outbox, message.chat.id, tickets.staff_text(message.chat.id, error.key), message.message_id
+            )
+            return
+        if left_out:
+            await _say(
+                outbox,
+                message.chat.id,
+                tickets.staff_text(message.chat.id, "staff.left_out"),
+                message.message_id,
             )
 
     return router

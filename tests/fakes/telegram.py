@@ -595,13 +595,23 @@ class FakeTelegram(FakeServer):
         return self._incoming(user_id, chat_id, content, reply_to)
 
     async def send_album(
-        self, user_id: int, count: int, caption: str | None = None, chat_id: int | None = None
+        self,
+        user_id: int,
+        count: int,
+        caption: str | None = None,
+        chat_id: int | None = None,
+        reply_to: JSON | int | tuple[int, int] | None = None,
     ) -> list[JSON]:
-        """`count` photos sharing one media_group_id, each its own update, caption on the first."""
+        """`count` photos sharing one media_group_id, each its own update, caption on the first; sent as
+        a reply, every part of it replies to the same message."""
         group_id = self._media_group_id()
         return [
             await self.send_photo(
-                user_id, caption if index == 0 else None, chat_id=chat_id, media_group_id=group_id
+                user_id,
+                caption if index == 0 else None,
+                chat_id=chat_id,
+                reply_to=reply_to,
+                media_group_id=group_id,
             )
             for index in range(count)
         ]
@@ -656,9 +666,10 @@ class FakeTelegram(FakeServer):
         chat_id: int | None = None,
         duration: int = 10,
         file_size: int = 2_000_000,
+        reply_to: JSON | int | tuple[int, int] | None = None,
     ) -> JSON:
         video = self._media_json(self._new_file("video", file_size, meta={"duration": duration}))
-        return self._incoming(user_id, chat_id, {"video": video, **self._incoming_caption(caption)})
+        return self._incoming(user_id, chat_id, {"video": video, **self._incoming_caption(caption)}, reply_to)
 
     async def send_document(
         self,
