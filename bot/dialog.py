@@ -49,8 +49,11 @@ class CitizenInput:
     photos: list[Attachment] = field(default_factory=list)
     location: Location | None = None
     reply_to: int | None = None
-    # What kind of unsupported content arrived ("sticker", "voice", ...), if any.
+    # What kind of unsupported content arrived ("sticker", "voice", ...), if any: nothing is taken.
     unsupported: str | None = None
+    # The kinds of the parts of an album that could not be taken ("video", "file_too_big", ...) while
+    # the rest was: the citizen is told which.
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +164,19 @@ class CitizenDialog:
 
     async def _to_ticket(self, incoming: CitizenInput, citizen: Citizen, ticket_id: int) -> None:
         try:
-            await self.tickets.citizen_message(citizen, ticket_id, incoming.text, incoming.photos)
+            await self.tickets.citizen_message(
+                citizen, ticket_id, incoming.text, incoming.photos, location=incoming.location
+            )
         except TicketClosed as closed:
             await self._say(
                 incoming.who, citizen, "dialog.ticket_closed", tag=self.render.tag(int(str(closed)))
             )
         except TicketNotFound:
             await self._say(incoming.who, citizen, "error.ticket_not_found")
+        else:
+            if incoming.skipped:
+                async with self.outbox.unit() as u:
+                    await self._say_skipped(u, incoming.who, citizen, incoming.skipped)
 
     async def _feed(self, who: Person, citizen: Citizen, draft: Draft, incoming: CitizenInput) -> None:
         notes: list[tuple[str, int]] = []
@@ -193,6 +202,8 @@ class CitizenDialog:
         async with self.outbox.unit() as u:
             for note, limit in notes:
                 await self._say_in(u, who, citizen, note, limit=limit)
+            if incoming.skipped:
+                await self._say_skipped(u, who, citizen, incoming.skipped)
             await self._advance(u, who, citizen, draft)
 
     async def _advance(
@@ -472,6 +483,20 @@ class CitizenDialog:
 
     async def _say_in(self, u: Unit, who: Person, citizen: Citizen, key: str, **params: object) -> None:
         await u.send(who.platform, who.chat_id, Outgoing(self.t.render(citizen.locale, key, **params)))
+
+    def _part_name(self, locale: str, kind: str) -> str:
+        if kind == "file_too_big":
+            return self.t.get(locale, "dialog.part_big_file")
+        if kind == "video":
+            return self.t.get(locale, "dialog.part_video")
+        if kind == "audio":
+            return self.t.get(locale, "dialog.part_audio")
+        return self.t.get(locale, "dialog.part_other")
+
+    async def _say_skipped(self, u: Unit, who: Person, citizen: Citizen, kinds: list[str]) -> None:
+        """Tell the citizen which kinds of the parts they sent were not taken (the rest was)."""
+        names = [self._part_name(citizen.locale, kind) for kind in kinds]
+        await self._say_in(u, who, citizen, "dialog.skipped_parts", items=", ".join(dict.fromkeys(names)))
 
 
 def _in_place_of(pressed: Ref | None, message: Outgoing) -> Outgoing:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import cast
 
 from bot.config import Locale, Routing
-from bot.domain import ALLOWED_ACTIONS, Action, EventKind, Ticket, TicketEvent, TicketStatus
+from bot.domain import (
+    ALLOWED_ACTIONS,
+    Action,
+    EventKind,
+    Location,
+    Ticket,
+    TicketEvent,
+    TicketStatus,
+)
 from bot.i18n import Html, Translator
 from bot.messages import Button, back_to_card, ticket_action, transfer_target
 
@@ -58,13 +67,24 @@ class Renderer:
         if ticket.address:
             return self.t.render(locale, "ticket.address", address=ticket.address)
         if ticket.latitude is not None and ticket.longitude is not None:
-            url = f"https://maps.google.com/?q={ticket.latitude:.6f},{ticket.longitude:.6f}"
-            return self.t.render(
-                locale,
-                "ticket.location",
-                link=Html(f'<a href="{url}">{ticket.latitude:.5f}, {ticket.longitude:.5f}</a>'),
-            )
+            return self.location(locale, Location(ticket.latitude, ticket.longitude))
         return self.t.render(locale, "ticket.no_place")
+
+    def location(self, locale: str, location: Location) -> Html:
+        """A point as the card shows a ticket's place: the coordinates, as a map link."""
+        latitude, longitude = location.latitude, location.longitude
+        url = f"https://maps.google.com/?q={latitude:.6f},{longitude:.6f}"
+        return self.t.render(
+            locale, "ticket.location", link=Html(f'<a href="{url}">{latitude:.5f}, {longitude:.5f}</a>')
+        )
+
+    def citizen_words(self, locale: str, text: str, location: Location | None = None) -> Html:
+        """What a citizen added to a ticket, for the agency: their text (escaped) and the location they
+        sent with it, a line each; "—" if neither (photos alone)."""
+        lines = [html.escape(text, quote=False)] if text else []
+        if location is not None:
+            lines.append(self.location(locale, location))
+        return Html("\n".join(lines) or "—")
 
     def card(
         self, locale: str, ticket: Ticket, citizen_id: int, photos: int, transferred_to: str | None = None
@@ -131,6 +151,10 @@ class Renderer:
                 detail = self.agency(locale, str(event.payload.get("to", "")))
             if len(detail) > 200:
                 detail = detail[:199] + "…"
+            latitude, longitude = event.payload.get("latitude"), event.payload.get("longitude")
+            if isinstance(latitude, float | int) and isinstance(longitude, float | int):
+                # A location the citizen sent with a message: its coordinates, after the words.
+                detail = f"{detail} 📍 {latitude:.5f}, {longitude:.5f}".strip()
             lines.append(
                 self.t.render(
                     locale,

@@ -20,6 +20,7 @@ from bot.domain import (
     Attachment,
     Citizen,
     EventKind,
+    Location,
     NotAllowedHere,
     Platform,
     Ticket,
@@ -176,11 +177,21 @@ class TicketService:
             return ticket
 
     async def citizen_message(
-        self, citizen: Citizen, ticket_id: int, text: str, photos: Sequence[Attachment]
+        self,
+        citizen: Citizen,
+        ticket_id: int,
+        text: str,
+        photos: Sequence[Attachment],
+        *,
+        location: Location | None = None,
     ) -> Ticket:
         """A citizen's answer or addition: stored, shown in the agency chat under the card. An answer to
         a question restarts the clock, moving the deadline by the time that counted while the ticket
-        waited: all of it for a calendar-duration SLA, the working time for a working-time one."""
+        waited: all of it for a calendar-duration SLA, the working time for a working-time one.
+
+        A `location` goes to the agency with the message (a map link) and into the event; a ticket filed
+        without a place takes it as its place, so the card shows it. A place the report already has stays:
+        the point is then shown only with this message."""
         async with self.outbox.unit() as u:
             ticket = await self._ticket(u, ticket_id)
             if ticket.citizen_id != citizen.id:
@@ -188,9 +199,19 @@ class TicketService:
             if not ticket.status.is_open:
                 raise TicketClosed(str(ticket.number))
             await u.repo.add_media(ticket.id, photos, "citizen", u.now)
+            payload: dict[str, object] = {"text": text}
+            if location is not None:
+                payload.update(latitude=location.latitude, longitude=location.longitude)
             await u.repo.add_event(
-                ticket.id, EventKind.citizen_message, f"citizen:{citizen.id}", {"text": text}, u.now
+                ticket.id, EventKind.citizen_message, f"citizen:{citizen.id}", payload, u.now
             )
+            # A report filed without a place takes the point as its place; one with a place keeps it.
+            placed = False
+            if location is not None and not ticket.address and ticket.latitude is None:
+                ticket = await u.repo.update_ticket(
+                    ticket.id, latitude=location.latitude, longitude=location.longitude, updated_at=u.now
+                )
+                placed = True
             if ticket.status is TicketStatus.need_info:
                 # The clock stood still while the ticket waited: the deadline moves to where it would
                 # have fallen had it stopped, and the promises tied to it move with it.
@@ -213,6 +234,8 @@ class TicketService:
                     updated_at=u.now,
                 )
                 await self.refresh_cards(u, ticket)
+            elif placed:
+                await self.refresh_cards(u, ticket)
             chat_id = self.agency_chat(ticket.agency_id)
             locale = self.chat_locale(chat_id)
             await u.send(
@@ -220,7 +243,10 @@ class TicketService:
                 chat_id,
                 Outgoing(
                     self.t.render(
-                        locale, "agency.citizen_message", tag=self.render.tag(ticket), text=text or "—"
+                        locale,
+                        "agency.citizen_message",
+                        tag=self.render.tag(ticket),
+                        text=self.render.citizen_words(locale, text, location),
                     ),
                     photos=list(photos),
                     photo_caption=self.render.tag(ticket),

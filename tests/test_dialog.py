@@ -10,7 +10,7 @@ from bot.clock import ManualClock
 from bot.config import Routing
 from bot.delivery.outbox import Outbox
 from bot.dialog import CitizenDialog, CitizenInput, Limits, Person
-from bot.domain import Platform
+from bot.domain import EventKind, Location, Platform, TicketStatus
 from bot.i18n import Translator
 from bot.messages import Ref
 from bot.tickets import TicketService
@@ -65,3 +65,31 @@ async def test_a_skip_pressed_again_after_the_summary_changes_nothing(
     async with db.read() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(outbox)) == queued
     assert await dialog.press(WHO, "d:confirm", Ref(message_id=3)) == translator.get("ru", "toast.registered")
+
+
+async def test_a_location_answering_a_question_reaches_the_agency_on_any_platform(
+    db: Database, routing: Routing, clock: ManualClock
+) -> None:
+    """A VK citizen's answer that is only a location: shown to the agency as a map link, kept in the
+    event, and the place of a report filed without one."""
+    translator = Translator()
+    box = Outbox(db, clock)
+    service = TicketService(box, routing, translator)
+    dialog = CitizenDialog(box, service, routing, translator, Limits())
+    await file(dialog, "яма")
+    async with box.unit() as u:
+        await u.repo.update_ticket(1, status=TicketStatus.need_info.value, waiting_since=u.now)
+    await dialog.message(CitizenInput(who=WHO, location=Location(55.751244, 37.618423)))
+    async with db.read() as conn:
+        texts = [
+            p.get("text", "") for p in await conn.scalars(sa.select(outbox.c.payload).order_by(outbox.c.id))
+        ]
+    link = '<a href="https://maps.google.com/?q=55.751244,37.618423">55.75124, 37.61842</a>'
+    assert any(link in text and "✉️" in text and "—" not in text for text in texts)
+    async with box.read() as repo:
+        ticket = await repo.ticket(1)
+        events = await repo.events(1)
+    assert ticket.status is TicketStatus.in_progress
+    assert (ticket.latitude, ticket.longitude) == (55.751244, 37.618423)
+    assert events[-1].kind is EventKind.citizen_message
+    assert events[-1].payload["latitude"] == 55.751244 and events[-1].payload["longitude"] == 37.618423

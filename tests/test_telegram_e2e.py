@@ -579,3 +579,112 @@ async def test_documents_are_attachments_up_to_the_download_limit(world: World) 
     document = await world.bot_says(ROADS_CHAT, lambda m: bool(m.get("document")))
     assert document["document"]["file_unique_id"] == sent["document"]["file_unique_id"]
     assert await world.ticket_count() == 1
+
+
+# -- a location with an answer, and albums with parts the bot cannot take
+
+MAP_LINK = '<a href="https://maps.google.com/?q=55.751244,37.618423">55.75124, 37.61842</a>'
+
+
+async def _ask(world: World, number: int, question: str, citizen: int = ALICE) -> None:
+    """Staff ask the citizen a question about the ticket; returns once it reached them."""
+    tg = world.tg
+    card = await world.card(ROADS_CHAT, number)
+    await tg.press(ROADS_STAFF, card, f"t:ask:{number}:new")
+    prompt = await world.bot_says(ROADS_CHAT, lambda m: m.get("_reply_markup", {}).get("force_reply") is True)
+    await world.recorded(ROADS_CHAT, prompt["message_id"])
+    await tg.send_text(ROADS_STAFF, question, chat_id=ROADS_CHAT, reply_to=prompt["message_id"])
+    await world.bot_says(citizen, lambda m: question in (m.get("text") or ""))
+    await world.card_shows(ROADS_CHAT, number, TicketStatus.need_info)
+
+
+async def _citizen_events(world: World, number: int) -> list[dict[str, object]]:
+    ticket = await _ticket(world, number)
+    async with world.app.outbox.read() as repo:
+        events = await repo.events(ticket.id)
+    return [dict(e.payload) for e in events if e.kind.value == "citizen_message"]
+
+
+async def test_a_location_sent_as_the_answer_reaches_the_agency_and_places_the_ticket(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE, address=None)  # filed without a place
+    await _ask(world, number, "Где именно яма?")
+
+    await tg.send_location(ALICE, 55.751244, 37.618423)  # the answer: a location, no words
+    answer = await world.bot_says(
+        ROADS_CHAT, lambda m: "55.75124, 37.61842" in (m.get("text") or "") and f"#T{number}" in m["text"]
+    )
+    assert MAP_LINK in answer["_html"]
+    assert "—" not in answer["text"]
+    await world.says_key(ALICE, "ru", "citizen.message_added", tag=f"#T{number}")
+    # The ticket had no place: the point becomes its place, and the card shows it.
+    card = await world.card_shows(ROADS_CHAT, number, TicketStatus.in_progress)
+    assert "55.75124, 37.61842" in card["text"]
+    ticket = await _ticket(world, number)
+    assert (ticket.latitude, ticket.longitude) == (55.751244, 37.618423)
+    events = await _citizen_events(world, number)
+    assert events[-1]["latitude"] == 55.751244 and events[-1]["longitude"] == 37.618423
+    await world.handled_all()
+    assert await world.ticket_count() == 1
+
+
+async def test_a_location_sent_in_reply_reaches_the_agency_and_keeps_the_reports_address(
+    world: World,
+) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE, address="Ленина, 5")
+    await world.card(ROADS_CHAT, number)
+    registered = [m for m in tg.bot_messages(ALICE) if f"#T{number}" in (m.get("text") or "")][-1]
+    await world.recorded(ALICE, registered["message_id"])
+    # A location sent as a reply (the fake's send_location takes no reply, so the message is built here).
+    sent = tg._incoming(
+        ALICE, None, {"location": {"latitude": 55.751244, "longitude": 37.618423}}, registered["message_id"]
+    )
+    assert sent["reply_to_message"]["message_id"] == registered["message_id"]
+    forwarded = await world.bot_says(ROADS_CHAT, lambda m: "55.75124, 37.61842" in (m.get("text") or ""))
+    assert MAP_LINK in forwarded["_html"] and f"#T{number}" in forwarded["text"]
+    await world.says_key(ALICE, "ru", "citizen.message_added", tag=f"#T{number}")
+    # The report already had a place: it keeps it; the point is recorded with the message.
+    ticket = await _ticket(world, number)
+    assert ticket.address == "Ленина, 5" and ticket.latitude is None
+    assert (await _citizen_events(world, number))[-1]["latitude"] == 55.751244
+
+
+async def test_an_album_keeps_what_it_can_and_says_what_it_could_not_take(world: World) -> None:
+    tg = world.tg
+    # Nothing in it can be taken: the usual answer, and no report begins.
+    await tg.send_mixed_album(ALICE, ["video", "audio"])
+    await world.says_key(ALICE, "ru", "dialog.unsupported")
+    await world.handled_all()
+    assert not [m for m in tg.bot_messages(ALICE) if "Не добавлено" in (m.get("text") or "")]
+
+    await tg.send_command(ALICE, "/new")
+    await tg.press(ALICE, await world.last_buttons_message(ALICE, "c:"), "c:potholes")
+    await world.last_buttons_message(ALICE, "d:cancel", only=True)
+    # The video comes first, with the album's caption: the photo and the caption are still taken.
+    await tg.send_mixed_album(ALICE, ["video", "photo", "big_document", "video"], caption="Яма у дома 3")
+    items = ", ".join(world.t.get("ru", k) for k in ("dialog.part_video", "dialog.part_big_file"))
+    note = await world.says_key(ALICE, "ru", "dialog.skipped_parts", items=items)
+    skip = await world.last_buttons_message(ALICE, "d:skip")
+    assert note["message_id"] < skip["message_id"]
+    await tg.press(ALICE, skip, "d:skip")
+    summary = await world.last_buttons_message(ALICE, "d:confirm")
+    assert "Яма у дома 3" in summary["text"]
+    await tg.press(ALICE, summary, "d:confirm")
+    card = await world.card(ROADS_CHAT, 1)
+    assert "Яма у дома 3" in card["caption"] and card.get("photo")
+    assert not any(m.get("video") or m.get("document") for m in tg.bot_messages(ROADS_CHAT))
+    assert await world.ticket_count() == 1
+
+
+async def test_an_album_answering_a_question_says_which_parts_were_not_added(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(BOB)
+    await _ask(world, number, "Photo please", citizen=BOB)
+    await tg.send_mixed_album(BOB, ["photo", "audio"], caption="Here it is")
+    # The photo reaches the agency with the words; the audio does not, and the citizen hears so.
+    added = await world.bot_says(ROADS_CHAT, lambda m: "Here it is" in (m.get("caption") or ""))
+    assert added.get("photo") and f"#T{number}" in added["caption"]
+    await world.says_key(BOB, "en", "citizen.message_added", tag=f"#T{number}")
+    await world.says_key(BOB, "en", "dialog.skipped_parts", items=world.t.get("en", "dialog.part_audio"))
+    await world.card_shows(ROADS_CHAT, number, TicketStatus.in_progress)

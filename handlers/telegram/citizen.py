@@ -51,6 +51,10 @@ def citizen_router(album_wait: float) -> Router:
         location = (
             Location(message.location.latitude, message.location.longitude) if message.location else None
         )
+        # Each part of an album is judged on its own: what can be taken is, and the citizen is told what
+        # was not; only when nothing can be taken is the whole refused.
+        refused = [kind for part in parts if (kind := _unsupported(part)) is not None]
+        whole = bool(refused) and len(refused) == len(parts)
         reply = message.reply_to_message
         await dialog.message(
             CitizenInput(
@@ -59,7 +63,8 @@ def citizen_router(album_wait: float) -> Router:
                 photos=photos(parts),
                 location=location,
                 reply_to=reply.message_id if reply else None,
-                unsupported=_unsupported(message, location is not None),
+                unsupported=_refusal(refused) if whole else None,
+                skipped=[] if whole else refused,
             )
         )
 
@@ -92,9 +97,17 @@ def citizen_router(album_wait: float) -> Router:
     return router
 
 
-def _unsupported(message: Message, has_location: bool) -> str | None:
+def _unsupported(message: Message) -> str | None:
+    """Why this message (one part of an album, or the whole of a single message) cannot be taken, or
+    None if it can."""
     if document_too_big(message):
         return "file_too_big"
-    if has_location or message.text or message.photo or message.document:
+    if message.location or message.text or message.photo or message.document:
         return None
     return unsupported_kind(message) or "unknown"
+
+
+def _refusal(kinds: list[str]) -> str:
+    """The answer to content none of which can be taken: "file too big" if that is all it was."""
+    others = [kind for kind in kinds if kind != "file_too_big"]
+    return others[0] if others else "file_too_big"

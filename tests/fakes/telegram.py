@@ -807,6 +807,42 @@ class FakeTelegram(FakeServer):
         entry = self._callbacks.get(query_id)
         return None if entry is None else entry["answer"]
 
+    async def send_mixed_album(
+        self,
+        user_id: int,
+        parts: Iterable[str],
+        caption: str | None = None,
+        chat_id: int | None = None,
+        reply_to: JSON | int | tuple[int, int] | None = None,
+    ) -> list[JSON]:
+        """An album of mixed parts sharing one media_group_id, each its own update, caption on the
+        first. A part is "photo", "video", "audio", "document" (50 kB) or "big_document" (30 MB, over
+        the 20 MB a bot may download). `reply_to` goes on every part, as clients send it."""
+        group_id = self._media_group_id()
+        sent = []
+        for index, part in enumerate(parts):
+            content: JSON
+            if part == "photo":
+                content = {"photo": self._new_photo(100_000)}
+            elif part == "video":
+                content = {
+                    "video": self._media_json(self._new_file("video", 2_000_000, meta={"duration": 10}))
+                }
+            elif part == "audio":
+                content = {
+                    "audio": self._media_json(self._new_file("audio", 3_000_000, meta={"duration": 60}))
+                }
+            elif part in ("document", "big_document"):
+                size = 50_000 if part == "document" else 30 * 1024 * 1024
+                meta = {"file_name": f"part{index}.pdf", "mime_type": "application/pdf"}
+                content = {"document": self._media_json(self._new_file("document", size, meta=meta))}
+            else:
+                raise ValueError(f"unknown album part {part!r}")
+            content["media_group_id"] = group_id
+            content.update(self._incoming_caption(caption if index == 0 else None))
+            sent.append(self._incoming(user_id, chat_id, content, reply_to))
+        return sent
+
     # --- inspecting what the bot did ---------------------------------------------------------------
 
     def messages(self, chat_id: int) -> list[JSON]:
