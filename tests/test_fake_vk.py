@@ -620,3 +620,35 @@ async def test_wait_for_message_reports_what_it_saw(fake: FakeVK, api: API) -> N
     await send(api, ANNA, "something else")
     with pytest.raises(AssertionError, match="something else"):
         await fake.wait_for_message(ANNA, lambda m: m["text"] == "never", timeout=0.2)
+
+
+async def test_mixed_messages_forwards_and_edits_parse_in_vkbottle(fake: FakeVK, api: API) -> None:
+    doc = fake.doc_attachment(ANNA, title="акт осмотра.pdf", size=70_000)
+    nested = fake.forwarded(BORIS, "Люк открыт")
+    forward = [fake.forwarded(BORIS, "Течёт вода", [fake.photo_attachment(BORIS)], forward=[nested])]
+    sent = await fake.send_message(
+        ANNA, "Смотрите", [fake.photo_attachment(ANNA), doc, fake.video_attachment(ANNA)], forward=forward
+    )
+    await fake.edit_message(ANNA, sent, "Смотрите внимательно")
+    with pytest.raises(AssertionError):
+        await fake.edit_message(BORIS, sent, "не своё")
+
+    new, edit = fake.events[-2:]
+    assert (new["type"], edit["type"]) == ("message_new", "message_edit")
+    message = message_min(new, api)
+    assert [a.type.value for a in message.attachments] == ["photo", "doc", "video"]
+    assert (message.attachments[1].doc.title, message.attachments[1].doc.size) == ("акт осмотра.pdf", 70_000)
+    [outer] = message.fwd_messages
+    assert outer.text == "Течёт вода" and outer.from_id == BORIS and outer.attachments[0].photo
+    assert [m.text for m in outer.fwd_messages] == ["Люк открыт"]
+    # message_edit's object is the message itself, as it stands after the edit.
+    assert "client_info" not in edit["object"] and edit["object"]["text"] == "Смотрите внимательно"
+    assert edit["object"]["update_time"] and edit["object"]["id"] == sent["id"]
+    assert edit["object"]["fwd_messages"][0]["text"] == "Течёт вода"
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(doc["doc"]["url"]) as response:
+            body = await response.read()
+        async with http.get(f"{fake.base_url}/docs/1/none.pdf") as missing:
+            assert missing.status == 404
+    assert len(body) == 70_000 and body.startswith(b"%fake document")

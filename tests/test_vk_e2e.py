@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 import sqlalchemy as sa
 
@@ -336,3 +337,79 @@ async def test_button_answers_and_sends_share_vk_rate_budget(both: VkWorld) -> N
     for user_id in citizens:
         await both.keyboard(user_id, "d:cancel")
     assert vk.stats.too_many_requests == 0
+
+
+async def _fetch(url: str) -> bytes:
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        assert response.status == 200
+        return await response.read()
+
+
+async def test_a_vk_document_is_an_attachment_up_to_the_download_limit(both: VkWorld) -> None:
+    vk, tg = both.vk, both.world.tg
+    await vk.send_doc(ANNA, title="огромный.pdf", size=30 * 1024 * 1024)
+    await both.says_key(ANNA, "dialog.file_too_big")
+    act = vk.doc_attachment(ANNA, title="акт осмотра.pdf", size=200_000)
+    await vk.send_message(ANNA, "Акт осмотра, яма", [act])
+    await both.press(ANNA, await both.keyboard(ANNA, "c:"), "c:potholes")
+    await both.press(ANNA, await both.keyboard(ANNA, "d:skip"), "d:skip")
+    await both.press(ANNA, await both.keyboard(ANNA, "d:confirm"), "d:confirm")
+    card = await both.world.card(ROADS_CHAT, 1)
+    assert "Акт осмотра, яма" in card["text"]
+    document = await both.world.bot_says(ROADS_CHAT, lambda m: bool(m.get("document")))
+    assert tg.file_bytes(document["document"]["file_id"]).startswith(b"%fake document")
+    assert await both.world.ticket_count() == 1
+
+
+async def test_a_vk_document_reaches_the_agency_whole_and_under_its_name(both: VkWorld) -> None:
+    act = both.vk.doc_attachment(ANNA, title="акт осмотра.pdf", size=200_000)
+    await both.vk.send_message(ANNA, "Акт осмотра, яма", [act])
+    await both.press(ANNA, await both.keyboard(ANNA, "c:"), "c:potholes")
+    await both.press(ANNA, await both.keyboard(ANNA, "d:skip"), "d:skip")
+    await both.press(ANNA, await both.keyboard(ANNA, "d:confirm"), "d:confirm")
+    document = await both.world.bot_says(ROADS_CHAT, lambda m: bool(m.get("document")))
+    assert document["document"]["file_name"] == "акт осмотра.pdf"
+    assert both.world.tg.file_bytes(document["document"]["file_id"]) == await _fetch(act["doc"]["url"])
+
+
+async def test_vk_forwards_are_taken_and_what_cannot_be_is_named(both: VkWorld) -> None:
+    vk, t = both.vk, both.world.t
+    neighbour = vk.forwarded(7001, "Третий день течёт вода из люка", [vk.photo_attachment(7001)])
+    older = vk.forwarded(7002, "Люк открыт с понедельника")
+    await vk.send_message(
+        ANNA,
+        "Пересылаю от соседей",
+        [vk.photo_attachment(ANNA), vk.video_attachment(ANNA)],
+        forward=[neighbour, vk.forwarded(7001, "", forward=[older])],
+    )
+    await both.says_key(ANNA, "dialog.skipped_parts", items=t.get("ru", "dialog.part_video"))
+    await both.press(ANNA, await both.keyboard(ANNA, "c:"), "c:potholes")
+    await both.press(ANNA, await both.keyboard(ANNA, "d:skip"), "d:skip")
+    summary = await both.keyboard(ANNA, "d:confirm")
+    for line in ("Пересылаю от соседей", "Третий день течёт вода из люка", "Люк открыт с понедельника"):
+        assert line in summary["text"]
+    await both.press(ANNA, summary, "d:confirm")
+    await both.world.card(ROADS_CHAT, 1)
+    assert len([m for m in both.world.tg.bot_messages(ROADS_CHAT) if m.get("photo")]) == 2
+
+    # Alone, what cannot be taken gets the plain refusal, and files nothing.
+    await vk.send_wall(ANNA)
+    await vk.send_message(ANNA, "", [vk.video_attachment(ANNA)])
+    refusal = plain(t.render("ru", "dialog.unsupported")).splitlines()[0].strip()
+    await vk.wait_until(
+        lambda: sum(refusal in m["text"] for m in vk.bot_messages(ANNA)) == 2, timeout=TIMEOUT
+    )
+    assert await both.world.ticket_count() == 1
+
+
+async def test_an_edit_in_vk_is_answered_as_on_telegram(both: VkWorld) -> None:
+    vk = both.vk
+    written = await vk.send_text(ANNA, "Яма у школы")
+    prompt = await both.keyboard(ANNA, "c:")
+    # VK reports the community's own edits too (here, of its prompt): those are not answered.
+    vk.push_event("message_edit", {**vk.get_message(prompt["id"]), "from_id": -VK_GROUP, "out": 1})
+    await vk.edit_message(ANNA, written, "Яма у школы №5")
+    await both.says_key(ANNA, "dialog.edit_ignored")
+    await both.world.handled_all()
+    notice = plain(both.world.t.render("ru", "dialog.edit_ignored")).splitlines()[0].strip()
+    assert [notice in m["text"] for m in vk.bot_messages(ANNA)].count(True) == 1

@@ -1,4 +1,5 @@
-"""Fetching a photo's bytes from the platform it lives on, to hand it to the other platform."""
+"""Fetching a photo's or a document's bytes from the platform it lives on, to hand it to the other
+platform."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from bot.redaction import describe
 
 from .base import PermanentError, TransientError
 
-MAX_BYTES = 20 * 1024 * 1024  # Telegram's bot download limit; a photo is far smaller
+MAX_BYTES = 20 * 1024 * 1024  # Telegram's bot download limit
 
 
 class MediaFetcher:
@@ -38,16 +39,30 @@ class MediaFetcher:
         try:
             async with self._session.get(attachment.url) as response:
                 if response.status >= 500:
-                    raise TransientError(f"photo download: HTTP {response.status}")
+                    raise TransientError(f"file download: HTTP {response.status}")
                 if response.status >= 400:
-                    raise PermanentError("no_file", f"photo download: HTTP {response.status}")
-                data = await response.content.read(MAX_BYTES + 1)
+                    raise PermanentError("no_file", f"file download: HTTP {response.status}")
+                data = await _read_at_most(response.content, MAX_BYTES + 1)
         except aiohttp.ClientError as error:
-            raise TransientError(f"photo download failed: {error!r}") from None
+            raise TransientError(f"file download failed: {error!r}") from None
         if len(data) > MAX_BYTES:
-            raise PermanentError("too_big", "photo larger than 20 MB")
+            raise PermanentError("too_big", "file larger than 20 MB")
         return data
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body, or its first `limit` bytes when it is longer. (`read(n)` gives what has arrived so far,
+    at most n: one chunk of a larger file.)"""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)

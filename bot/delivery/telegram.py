@@ -285,11 +285,12 @@ class TelegramMessenger:
         album = await _call(lambda: self.bot.send_media_group(chat_id, media, reply_parameters=reply))
         return [m.message_id for m in album]
 
-    async def _file(self, photo: Attachment) -> str | BufferedInputFile:
-        if photo.platform is Platform.telegram:
-            return photo.file_id
-        # A photo from another platform is uploaded as bytes: its URL may not be reachable by Telegram.
-        return BufferedInputFile(await self.fetch(photo), filename="photo.jpg")
+    async def _file(self, attachment: Attachment) -> str | BufferedInputFile:
+        if attachment.platform is Platform.telegram:
+            return attachment.file_id
+        # A file from another platform is uploaded as bytes: its URL may not be reachable by Telegram.
+        name = attachment.name if attachment.kind is MediaKind.document and attachment.name else "photo.jpg"
+        return BufferedInputFile(await self.fetch(attachment), filename=name)
 
     async def edit(self, chat_id: int, message_id: int, message: Outgoing) -> None:
         markup = _markup(message)

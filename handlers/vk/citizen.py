@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from vkbottle import API, VKAPIError
 from vkbottle.bot import BotLabeler, Message, MessageEvent
 from vkbottle_types.events import GroupEventType
+from vkbottle_types.objects import DocsDoc, MessagesForeignMessage, MessagesMessageAttachment, PhotosPhoto
 
 from bot.delivery.limits import RateLimiter, Rates
+from bot.delivery.media import MAX_BYTES
 from bot.dialog import CitizenDialog, CitizenInput, Person
 from bot.domain import Attachment, Location, MediaKind, Platform
 from bot.messages import Ref
@@ -21,6 +25,10 @@ COMMANDS = ("start", "help", "cancel", "my", "status", "lang", "new")
 # VK's own "Start" button sends this text (and {"command": "start"} as payload).
 START_WORDS = {"начать", "start", "старт"}
 LANGUAGES = {0: "ru", 3: "en"}
+# A document is passed on to the agency by downloading it, which stops at this size (as Telegram's limit
+# for a bot's downloads stops a Telegram document): a larger one is refused as too big.
+DOCUMENT_LIMIT = MAX_BYTES
+TOO_BIG = "file_too_big"
 
 
 class Names:
@@ -64,25 +72,45 @@ def citizen_labeler(dialog: CitizenDialog, limiter: RateLimiter | None = None) -
             name, args = command
             await dialog.command(who, name if name in COMMANDS else "", args)
             return
-        photos = _photos(message)
+        content = _content(message)
         geo = message.geo
         location = (
             Location(geo.coordinates.latitude, geo.coordinates.longitude) if geo and geo.coordinates else None
         )
+        text = "\n".join(part for part in (text, content.text) if part)
         unsupported = None
-        if not text and not photos and location is None:
-            kinds = [str(getattr(a.type, "value", a.type)) for a in message.attachments or []]
-            unsupported = kinds[0] if kinds else "empty"
+        skipped = content.skipped
+        if not text and not content.files and location is None:
+            # Nothing to take: say why (a file too big, or what kind of thing came).
+            unsupported = TOO_BIG if TOO_BIG in skipped else (skipped or ["empty"])[0]
+            skipped = []
         reply = message.reply_message
         await dialog.message(
             CitizenInput(
                 who=who,
                 text=text,
-                photos=photos,
+                photos=content.files,
                 location=location,
                 reply_to=reply.id if reply and reply.id else None,
                 unsupported=unsupported,
+                skipped=skipped,
             )
+        )
+
+    @labeler.raw_event(GroupEventType.MESSAGE_EDIT, dataclass=dict)
+    async def on_edit(event: dict[str, Any]) -> None:
+        """A message edited in a conversation with the community. VK reports the community's own edits
+        (the bot's prompts) too; only a person's edit in their private conversation with the community
+        is answered, as Telegram's edited messages are."""
+        obj = event.get("object")
+        if not isinstance(obj, dict) or obj.get("out"):
+            return
+        from_id, peer_id = _int(obj.get("from_id")), _int(obj.get("peer_id"))
+        if from_id <= 0 or peer_id != from_id:
+            return
+        # Whoever edits a message wrote it first, so they are known already: no name or language needed.
+        await dialog.notice(
+            Person(platform=Platform.vk, chat_id=peer_id, user_id=from_id), "dialog.edit_ignored"
         )
 
     @labeler.raw_event(GroupEventType.MESSAGE_EVENT, dataclass=MessageEvent)
@@ -140,21 +168,100 @@ def _command(text: str, payload: str | None) -> tuple[str, str] | None:
     return None
 
 
-def _photos(message: Message) -> list[Attachment]:
-    result = []
-    for item in message.attachments or []:
-        photo = item.photo
-        if photo is None or not photo.sizes:
-            continue
-        largest = max(photo.sizes, key=lambda s: (s.width or 0) * (s.height or 0))
-        file_id = f"photo{photo.owner_id}_{photo.id}" + (f"_{photo.access_key}" if photo.access_key else "")
-        result.append(
-            Attachment(
-                kind=MediaKind.photo,
-                platform=Platform.vk,
-                file_id=file_id,
-                file_unique_id=f"{photo.owner_id}_{photo.id}",
-                url=str(largest.url or ""),
-            )
-        )
-    return result
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+@dataclass
+class Content:
+    """What a message carries besides its own text and location: the text of the messages it forwards, the
+    photos and documents taken, and the kinds of what could not be (TOO_BIG for a document over the
+    limit)."""
+
+    text: str = ""
+    files: list[Attachment] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+# Forwarded messages nest (a forward of a forward); deeper than this is not looked into.
+FORWARD_DEPTH = 5
+
+
+def _content(message: Message) -> Content:
+    content = Content()
+    parts = _take(content, message.attachments or [], message.text or "")
+    _forwards(content, message.fwd_messages or [], parts, FORWARD_DEPTH)
+    content.text = "\n".join(parts)
+    return content
+
+
+def _forwards(
+    content: Content, forwarded: Sequence[MessagesForeignMessage], parts: list[str], depth: int
+) -> None:
+    """Forwarded messages as Telegram takes a forward: each one's text and files, as if sent here."""
+    for item in forwarded:
+        own = (item.text or "").strip()
+        if own:
+            parts.append(own)
+        parts += _take(content, item.attachments or [], own)
+        if item.fwd_messages:
+            if depth > 1:
+                _forwards(content, item.fwd_messages, parts, depth - 1)
+            else:
+                content.skipped.append("fwd_messages")
+
+
+def _take(content: Content, attachments: Sequence[MessagesMessageAttachment], text: str) -> list[str]:
+    """Photos and documents into `content.files`, the kinds of what cannot be taken into
+    `content.skipped`; returns the addresses of shared links that `text` does not already hold."""
+    links = []
+    for item in attachments:
+        kind = str(getattr(item.type, "value", item.type))
+        if kind == "photo" and item.photo is not None and item.photo.sizes:
+            content.files.append(_photo(item.photo))
+        elif kind == "doc" and item.doc is not None:
+            if (item.doc.size or 0) > DOCUMENT_LIMIT:
+                content.skipped.append(TOO_BIG)
+            else:
+                content.files.append(_document(item.doc))
+        elif kind == "link":
+            # VK attaches a link for an address written in the text, and a shared link comes alone.
+            url = str(getattr(getattr(item, "link", None), "url", None) or "")
+            if url and url not in text:
+                links.append(url)
+        else:
+            content.skipped.append(kind)
+    return links
+
+
+def _photo(photo: PhotosPhoto) -> Attachment:
+    largest = max(photo.sizes or [], key=lambda s: (s.width or 0) * (s.height or 0))
+    key = f"_{photo.access_key}" if photo.access_key else ""
+    return Attachment(
+        kind=MediaKind.photo,
+        platform=Platform.vk,
+        file_id=f"photo{photo.owner_id}_{photo.id}{key}",
+        file_unique_id=f"{photo.owner_id}_{photo.id}",
+        url=str(largest.url or ""),
+    )
+
+
+def _document(doc: DocsDoc) -> Attachment:
+    """A VK document as Telegram's are kept: fetched by its URL when it goes to the agency, under its
+    title, with its extension added when the title lacks it (VK keeps the two apart)."""
+    ext = (doc.ext or "").lower()
+    name = (doc.title or "").strip() or "document"
+    if ext and not name.lower().endswith(f".{ext}"):
+        name = f"{name}.{ext}"
+    key = f"_{doc.access_key}" if doc.access_key else ""
+    return Attachment(
+        kind=MediaKind.document,
+        platform=Platform.vk,
+        file_id=f"doc{doc.owner_id}_{doc.id}{key}",
+        file_unique_id=f"{doc.owner_id}_{doc.id}",
+        url=str(doc.url or ""),
+        name=name,
+    )

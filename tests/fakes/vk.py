@@ -13,6 +13,7 @@ import re
 import secrets
 import struct
 import time
+import urllib.parse
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -209,6 +210,11 @@ def _jpeg(note: str) -> bytes:
     )
 
 
+def _doc_bytes(title: str, size: int) -> bytes:
+    head = f"%fake document {title}\n".encode()
+    return (head * (size // len(head) + 1))[:size]
+
+
 def _payload_dict(payload: Any) -> JSON | None:
     if isinstance(payload, str):
         try:
@@ -263,6 +269,8 @@ class FakeVK(FakeServer):
         # Documents: uploaded files waiting for docs.save (token → name, bytes), and those saved.
         self._doc_uploads: dict[str, tuple[str, bytes]] = {}
         self.docs: dict[int, JSON] = {}
+        # Documents people attach to their messages: id → (title, size); their bytes are made when fetched.
+        self._incoming_docs: dict[int, tuple[str, int]] = {}
         self._upload_secret = secrets.token_hex(16)
         self._presses: dict[str, JSON] = {}
         self._serial = 0
@@ -295,6 +303,7 @@ class FakeVK(FakeServer):
         app.router.add_post("/upload/photo", self._on_upload)
         app.router.add_post("/upload/doc", self._on_doc_upload)
         app.router.add_get("/photos/{name}", self._on_photo)
+        app.router.add_get("/docs/{doc_id}/{name}", self._on_doc)
 
     @property
     def api_url(self) -> str:
@@ -433,10 +442,49 @@ class FakeVK(FakeServer):
     async def send_doc(
         self, user_id: int, title: str = "scan.pdf", size: int = 50_000, text: str = ""
     ) -> JSON:
+        return self._incoming(user_id, text, [self.doc_attachment(user_id, title, size)])
+
+    async def send_message(
+        self,
+        user_id: int,
+        text: str = "",
+        attachments: list[JSON] | None = None,
+        *,
+        forward: list[JSON] | None = None,
+        reply_to: JSON | int | None = None,
+    ) -> JSON:
+        """One message with any attachments (built by the *_attachment helpers) and forwarded messages
+        (built by `forwarded`), as one VK message carries them together."""
+        if len(attachments or []) > ATTACHMENT_LIMIT:
+            raise ValueError(f"a VK message carries at most {ATTACHMENT_LIMIT} attachments")
+        extra = {"fwd_messages": copy.deepcopy(forward)} if forward else None
+        return self._incoming(user_id, text, list(attachments or []), reply_to, extra)
+
+    async def edit_message(self, user_id: int, message: JSON | int, text: str) -> JSON:
+        """The person edits a message they sent: VK changes it and sends a message_edit event, whose
+        object is the message as it now stands (no client_info, unlike message_new)."""
+        stored = self._message_ref(message)
+        if stored["from_id"] != user_id or stored["peer_id"] != user_id:
+            raise AssertionError(f"message {stored['id']} is not {user_id}'s own in their conversation")
+        stored["text"] = text
+        self._version += 1
+        stored["_version"] = self._version
+        stored["_edits"] += 1
+        stored["_update_time"] = _now()
+        self._push("message_edit", self._vk_message(stored))
+        return stored
+
+    def photo_attachment(self, user_id: int) -> JSON:
+        """A photo as a person attaches it to a message."""
+        return {"type": "photo", "photo": self._new_photo(user_id, INCOMING_ALBUM, INCOMING_SIZES)}
+
+    def doc_attachment(self, user_id: int, title: str = "scan.pdf", size: int = 50_000) -> JSON:
+        """A document as a person attaches it; its `url` gives `size` bytes, as VK's link to the file."""
         item_id = self._serial_number()
         ext = title.rsplit(".", 1)[1].lower() if "." in title else ""
         # VK's document kinds: 1 text, 2 archive, 3 gif, 4 image, 5 audio, 6 video, 7 e-book, 8 other.
         kind = {"pdf": 1, "doc": 1, "docx": 1, "txt": 1, "zip": 2, "rar": 2, "gif": 3, "png": 4, "jpg": 4}
+        self._incoming_docs[item_id] = (title, size)
         doc = {
             "id": item_id,
             "owner_id": user_id,
@@ -445,10 +493,52 @@ class FakeVK(FakeServer):
             "ext": ext,
             "date": _now(),
             "type": kind.get(ext, 8),
-            "url": f"{self.base_url}/docs/{item_id}/{title}",
+            "url": f"{self.base_url}/docs/{item_id}/{urllib.parse.quote(title)}",
             "access_key": secrets.token_hex(9),
         }
-        return self._incoming(user_id, text, [{"type": "doc", "doc": doc}])
+        return {"type": "doc", "doc": doc}
+
+    def video_attachment(self, user_id: int, title: str = "Видео") -> JSON:
+        item_id = self._serial_number()
+        video = {
+            "id": item_id,
+            "owner_id": user_id,
+            "title": title,
+            "description": "",
+            "duration": 12,
+            "date": _now(),
+            "width": 1280,
+            "height": 720,
+            "type": "video",
+            "access_key": secrets.token_hex(9),
+            "image": [
+                {"url": f"{self.base_url}/video/{item_id}_{w}.jpg", "width": w, "height": h}
+                for w, h in ((130, 96), (320, 240), (800, 450))
+            ],
+        }
+        return {"type": "video", "video": video}
+
+    def forwarded(
+        self,
+        from_id: int,
+        text: str = "",
+        attachments: list[JSON] | None = None,
+        forward: list[JSON] | None = None,
+    ) -> JSON:
+        """A message from another conversation as `fwd_messages` shows it when a person forwards it: its
+        author, date, text and attachments, its own forwards nested; no id, since the community cannot
+        see that conversation."""
+        message: JSON = {
+            "date": _now() - 3600,
+            "from_id": from_id,
+            "text": text,
+            "attachments": copy.deepcopy(attachments or []),
+            "conversation_message_id": self._serial_number() % 10_000,
+            "peer_id": from_id,
+        }
+        if forward:
+            message["fwd_messages"] = copy.deepcopy(forward)
+        return message
 
     async def send_wall(self, user_id: int, text: str = "") -> JSON:
         """A repost of a community wall post into the conversation."""
@@ -775,6 +865,14 @@ class FakeVK(FakeServer):
         self._doc_uploads[token] = (name, value.file.read())
         return web.json_response({"file": token})
 
+    async def _on_doc(self, request: web.Request) -> web.StreamResponse:
+        """A person's document, fetched by its URL: `size` bytes, the same on every fetch."""
+        try:
+            title, size = self._incoming_docs[int(request.match_info["doc_id"])]
+        except (KeyError, ValueError):
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=_doc_bytes(title, size), content_type="application/octet-stream")
+
     def _hash(self, photo: str) -> str:
         return hashlib.sha256((self._upload_secret + photo).encode()).hexdigest()[:32]
 
@@ -928,7 +1026,7 @@ class FakeVK(FakeServer):
             "version": stored["_version"],
             "attachments": copy.deepcopy(stored["attachments"]),
             "conversation_message_id": stored["conversation_message_id"],
-            "fwd_messages": [],
+            "fwd_messages": copy.deepcopy(stored.get("fwd_messages") or []),
             "important": False,
             "is_hidden": False,
             "peer_id": stored["peer_id"],
