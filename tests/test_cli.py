@@ -39,11 +39,15 @@ def clean_env(tmp_path: Path, **values: str) -> dict[str, str]:
 
 
 async def run(tmp_path: Path, *args: str, **env: str) -> tuple[int, str, str]:
+    """`python -m bot` with `args`: exit code, stdout, stderr."""
+    return await run_python(tmp_path, "-m", "bot", *args, **env)
+
+
+async def run_python(tmp_path: Path, *argv: str, **env: str) -> tuple[int, str, str]:
+    """`python` with `argv` in `tmp_path`, in a clean environment plus `env`: exit code, stdout, stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "bot",
-        *args,
+        *argv,
         cwd=tmp_path,
         env=clean_env(tmp_path, **env),
         stdout=asyncio.subprocess.PIPE,

@@ -26,6 +26,7 @@ from bot.tickets import Staff, TicketService
 from storage.db import Database
 from storage.schema import outbox as outbox_table
 from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, TEST_ROUTING, WASTE_CHAT
+from tests.test_scheduler import queued_after
 
 MOSCOW = ZoneInfo("Europe/Moscow")
 QUIET = Policy(citizen_update_every=None, digest_at=None)
@@ -128,17 +129,8 @@ class Office:
 
     async def queued(self) -> list[tuple[int, str]]:
         """(chat, text) of the messages queued since the last call."""
-        async with self.db.read() as conn:
-            rows = list(
-                await conn.execute(
-                    sa.select(outbox_table.c.id, outbox_table.c.chat_id, outbox_table.c.payload)
-                    .where(outbox_table.c.id > self.seen, outbox_table.c.kind == "send")
-                    .order_by(outbox_table.c.id)
-                )
-            )
-        if rows:
-            self.seen = rows[-1].id
-        return [(row.chat_id, row.payload["text"]) for row in rows]
+        self.seen, messages = await queued_after(self.db, self.seen)
+        return messages
 
     async def deliver(self) -> None:
         """Run the delivery worker until nothing more goes (a failure may queue a notice elsewhere)."""

@@ -31,6 +31,19 @@ from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, TEST_ROUTING, WASTE_CH
 MONDAY = datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
 
 
+async def queued_after(db: Database, seen: int) -> tuple[int, list[tuple[int, str]]]:
+    """The messages (not edits) queued after outbox row `seen`, as (chat, text), and the last row's id."""
+    async with db.read() as conn:
+        rows = list(
+            await conn.execute(
+                sa.select(outbox_table.c.id, outbox_table.c.chat_id, outbox_table.c.payload)
+                .where(outbox_table.c.id > seen, outbox_table.c.kind == "send")
+                .order_by(outbox_table.c.id)
+            )
+        )
+    return (rows[-1].id if rows else seen), [(r.chat_id, r.payload["text"]) for r in rows]
+
+
 @dataclass
 class Desk:
     db: Database
@@ -54,17 +67,8 @@ class Desk:
 
     async def new_messages(self) -> list[tuple[int, str]]:
         """(chat, text) of messages queued since the last call."""
-        async with self.db.read() as conn:
-            rows = list(
-                await conn.execute(
-                    sa.select(outbox_table.c.id, outbox_table.c.chat_id, outbox_table.c.payload)
-                    .where(outbox_table.c.id > self.seen, outbox_table.c.kind == "send")
-                    .order_by(outbox_table.c.id)
-                )
-            )
-        if rows:
-            self.seen = rows[-1].id
-        return [(r.chat_id, r.payload["text"]) for r in rows]
+        self.seen, messages = await queued_after(self.db, self.seen)
+        return messages
 
     async def at(self, when: datetime) -> list[tuple[int, str]]:
         """Move the clock, run one scan, and return what it queued."""

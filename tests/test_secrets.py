@@ -3,10 +3,8 @@ and the error texts the outbox keeps in the database, which backups copy."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
-import sys
 import textwrap
 from collections.abc import Iterator
 from datetime import timedelta
@@ -30,7 +28,7 @@ from bot.redaction import RedactSecrets, remember_secrets
 from storage.db import Database
 from storage.schema import outbox as outbox_table
 from tests.conftest import TOKEN, VK_GROUP, VK_TOKEN
-from tests.test_cli import clean_env
+from tests.test_cli import run_python
 from tests.test_delivery_worker import RecordingMessenger, queue
 
 VK_URL = f"https://api.vk.com/method/groups.getLongPollServer?access_token={VK_TOKEN}&v=5.199"
@@ -43,20 +41,10 @@ def leaks(text: str) -> list[str]:
     return [part for part in parts if part in text]
 
 
-async def run_python(tmp_path: Path, script: str, *args: str, **env: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        textwrap.dedent(script),
-        *args,
-        cwd=tmp_path,
-        env=clean_env(tmp_path, **env),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode() + err.decode()
+async def run_script(tmp_path: Path, script: str, *args: str, **env: str) -> tuple[int, str]:
+    """`python -c script args`: exit code, and all it wrote (stdout and stderr together)."""
+    code, out, err = await run_python(tmp_path, "-c", textwrap.dedent(script), *args, **env)
+    return code, out + err
 
 
 # --- logs -----------------------------------------------------------------------------------------
@@ -86,7 +74,7 @@ VKBOTTLE_LOGS_A_TIMEOUT = f"""
 async def test_vkbottle_logs_a_timeout_with_the_token_url_and_stderr_shows_no_token(
     order: str, tmp_path: Path
 ) -> None:
-    code, output = await run_python(
+    code, output = await run_script(
         tmp_path,
         VKBOTTLE_LOGS_A_TIMEOUT,
         order,
@@ -144,7 +132,7 @@ START_UP_TIMES_OUT = f"""
 async def test_a_start_up_that_fails_with_the_token_in_the_error_prints_none_and_exits_1(
     tmp_path: Path,
 ) -> None:
-    code, output = await run_python(
+    code, output = await run_script(
         tmp_path,
         START_UP_TIMES_OUT,
         VK_GROUP_TOKEN=VK_TOKEN,
