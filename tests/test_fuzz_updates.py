@@ -24,7 +24,8 @@ from tests.databases import Backend
 from tests.telegram_world import ROADS_STAFF, World, running_world
 
 USERS = (7001, 7002, 7003)
-CHATS = (*USERS, ROADS_CHAT, COORDINATORS_CHAT, -1005550000000)  # the last: a group the bot was never told of
+UNCONNECTED = -1005550000000  # a group the routing does not name
+CHATS = (*USERS, ROADS_CHAT, COORDINATORS_CHAT, UNCONNECTED)
 ids = itertools.count(10_000)
 
 PIECES = [*"<>&\"'/#@!\\\n\t\x00\x1b абвЯ😀bi", "</b>", "<b>", "&amp;", "&#", "<a href=x>", "#T1"]
@@ -137,6 +138,8 @@ class Loop:
         async with running_world(database_url, parse_routing(TEST_ROUTING)) as world:
             for user_id in USERS:
                 world.tg.add_user(user_id=user_id, first_name="Fuzz")
+            # The bot is in that group (updates come from it), though the routing does not name it.
+            world.tg.add_group(UNCONNECTED, title="Fuzz", type="supergroup")
             self.ready.set_result(world)
             await self.stop.wait()
 

@@ -315,6 +315,19 @@ async def test_staff_commands_the_bot_lacks_are_answered_and_never_reach_the_cit
     assert await world.status_of(number) is TicketStatus.new
 
 
+async def test_a_group_the_routing_does_not_name_is_told_its_id(world: World) -> None:
+    tg, group = world.tg, -1007770000001
+    tg.add_group(group, title="Новое ведомство", type="supergroup")
+    tg.add_member(group, ROADS_STAFF)
+    tg.add_bot(group)  # someone adds the bot to set the group up
+    told = await world.says_key(group, "ru", "staff.not_connected", id=str(group))
+    assert f"{group}" in told["text"]
+    await tg.send_text(ROADS_STAFF, "Проверка связи", chat_id=group)  # nothing to answer
+    await tg.send_command(ROADS_STAFF, "/help@civicdesk_test_bot", chat_id=group)
+    await world.handled_all()
+    assert len(tg.bot_messages(group)) == 2 and tg.bot_messages(group)[1]["text"] == told["text"]
+
+
 async def test_a_button_on_a_stale_card_is_refused_and_the_card_refreshed(world: World) -> None:
     tg = world.tg
     number = await world.file_report(ALICE)

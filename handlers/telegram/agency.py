@@ -6,8 +6,10 @@ checks again that the chat may act on the particular ticket.
 
 from __future__ import annotations
 
+import logging
+
 from aiogram import Bot, F, Router
-from aiogram.enums import ChatMemberStatus
+from aiogram.enums import ChatMemberStatus, ChatType
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, ChatMemberUpdated, Message
 
@@ -21,6 +23,8 @@ from bot.tickets import TicketService
 
 from .common import Where, answer, document_too_big, photos, staff, text_of, unsupported_kind
 from .middlewares import AlbumMiddleware
+
+log = logging.getLogger(__name__)
 
 
 def staff_router(routing: Routing, chats: ChatDirectory, album_wait: float) -> Router:
@@ -179,6 +183,38 @@ def staff_router(routing: Routing, chats: ChatDirectory, album_wait: float) -> R
             )
 
     return router
+
+
+def unconnected_router(chats: ChatDirectory) -> Router:
+    """Groups the routing file does not name: added to one, or called there by a command, the bot says
+    the chat's id and where it goes, which is what whoever sets the bot up needs to connect it."""
+    router = Router(name="unconnected")
+    unconnected = Where((F.chat.type != ChatType.PRIVATE) & ~F.chat.id.func(chats.is_staff_chat))
+
+    @router.my_chat_member(unconnected)
+    async def added(update: ChatMemberUpdated, tickets: TicketService, outbox: Outbox) -> None:
+        if update.new_chat_member.status in (ChatMemberStatus.MEMBER, ChatMemberStatus.ADMINISTRATOR):
+            log.info(
+                "added to chat %s (%s), which the routing file does not name",
+                update.chat.id,
+                update.chat.title,
+            )
+            await _tell_unconnected(tickets, outbox, update.chat.id, None)
+
+    @router.message(unconnected, Command("start", "help"))
+    async def called(message: Message, tickets: TicketService, outbox: Outbox) -> None:
+        await _tell_unconnected(tickets, outbox, message.chat.id, message.message_id)
+
+    return router
+
+
+async def _tell_unconnected(
+    tickets: TicketService, outbox: Outbox, chat_id: int, reply_to: int | None
+) -> None:
+    text = tickets.staff_text(chat_id, "staff.not_connected", id=str(chat_id))
+    async with outbox.unit() as u:
+        reply = None if reply_to is None else Ref(message_id=reply_to)
+        await u.send(Platform.telegram, chat_id, Outgoing(text, reply_to=reply))
 
 
 async def _say(outbox: Outbox, chat_id: int, text: str, reply_to: int) -> None:
