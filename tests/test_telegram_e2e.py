@@ -315,6 +315,20 @@ async def test_staff_commands_the_bot_lacks_are_answered_and_never_reach_the_cit
     assert await world.status_of(number) is TicketStatus.new
 
 
+async def test_a_staff_answer_edited_after_it_went_is_said_not_to_be_passed_on(world: World) -> None:
+    tg = world.tg
+    number = await world.file_report(ALICE)
+    card = await world.card(ROADS_CHAT, number)
+    answer = await tg.send_text(
+        ROADS_STAFF, "Приедем в среду", chat_id=ROADS_CHAT, reply_to=card["message_id"]
+    )
+    await world.bot_says(ALICE, lambda m: "Приедем в среду" in m.get("text", ""))
+    await tg.edit_text(ROADS_STAFF, answer, "Приедем в четверг")
+    await world.says_key(ROADS_CHAT, "ru", "staff.edit_not_passed")
+    await world.handled_all()
+    assert not [m for m in tg.bot_messages(ALICE) if "четверг" in m.get("text", "")]
+
+
 async def test_a_group_the_routing_does_not_name_is_told_its_id(world: World) -> None:
     tg, group = world.tg, -1007770000001
     tg.add_group(group, title="Новое ведомство", type="supergroup")

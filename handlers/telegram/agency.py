@@ -140,6 +140,18 @@ def staff_router(routing: Routing, chats: ChatDirectory, album_wait: float) -> R
         chat_id = message.chat.id
         await _say(outbox, chat_id, tickets.staff_text(chat_id, "staff.unknown_command"), message.message_id)
 
+    @router.edited_message(Where(F.reply_to_message))
+    async def edited_reply(message: Message, tickets: TicketService, outbox: Outbox) -> None:
+        """An answer, note or reason edited after it went: what went stays as it was."""
+        assert message.reply_to_message is not None
+        async with outbox.read() as repo:
+            link = await repo.linked_ticket(
+                Platform.telegram, message.chat.id, message.reply_to_message.message_id
+            )
+        if link is not None:
+            note = tickets.staff_text(message.chat.id, "staff.edit_not_passed")
+            await _say(outbox, message.chat.id, note, message.message_id)
+
     @router.message(Where(F.reply_to_message))
     async def reply(
         message: Message, tickets: TicketService, outbox: Outbox, album: list[Message] | None = None
