@@ -30,6 +30,8 @@ from bot.i18n import SUPPORTED, Html, Translator
 from bot.messages import Button, Outgoing, Ref, draft_from_json, draft_to_json
 from bot.tickets import TicketService
 
+# The kind of content a file over the download limit is (`CitizenInput.unsupported` and `.skipped`).
+FILE_TOO_BIG = "file_too_big"
 NUMBER = re.compile(r"^\s*#?[A-Za-z]{0,8}(\d{1,12})\s*$")
 
 
@@ -51,7 +53,7 @@ class CitizenInput:
     reply_to: int | None = None
     # What kind of unsupported content arrived ("sticker", "voice", ...), if any: nothing is taken.
     unsupported: str | None = None
-    # The kinds of the parts of an album that could not be taken ("video", "file_too_big", ...) while
+    # The kinds of the parts of an album that could not be taken ("video", FILE_TOO_BIG, ...) while
     # the rest was: the citizen is told which.
     skipped: list[str] = field(default_factory=list)
 
@@ -126,7 +128,7 @@ class CitizenDialog:
 
     async def _message(self, incoming: CitizenInput, citizen: Citizen) -> None:
         who = incoming.who
-        if incoming.unsupported == "file_too_big":
+        if incoming.unsupported == FILE_TOO_BIG:
             await self._say(who, citizen, "dialog.file_too_big")
             return
         if incoming.unsupported:
@@ -485,7 +487,7 @@ class CitizenDialog:
         await u.send(who.platform, who.chat_id, Outgoing(self.t.render(citizen.locale, key, **params)))
 
     def _part_name(self, locale: str, kind: str) -> str:
-        if kind == "file_too_big":
+        if kind == FILE_TOO_BIG:
             return self.t.get(locale, "dialog.part_big_file")
         if kind == "video":
             return self.t.get(locale, "dialog.part_video")

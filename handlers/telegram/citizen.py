@@ -7,7 +7,7 @@ from aiogram.enums import ChatMemberStatus, ChatType
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import CallbackQuery, ChatMemberUpdated, Message
 
-from bot.dialog import CitizenDialog, CitizenInput
+from bot.dialog import FILE_TOO_BIG, CitizenDialog, CitizenInput
 from bot.domain import Location, Platform
 from bot.messages import Ref
 from bot.tickets import TicketService
@@ -101,7 +101,7 @@ def _unsupported(message: Message) -> str | None:
     """Why this message (one part of an album, or the whole of a single message) cannot be taken, or
     None if it can."""
     if document_too_big(message):
-        return "file_too_big"
+        return FILE_TOO_BIG
     if message.location or message.text or message.photo or message.document:
         return None
     return unsupported_kind(message) or "unknown"
@@ -109,5 +109,5 @@ def _unsupported(message: Message) -> str | None:
 
 def _refusal(kinds: list[str]) -> str:
     """The answer to content none of which can be taken: "file too big" if that is all it was."""
-    others = [kind for kind in kinds if kind != "file_too_big"]
-    return others[0] if others else "file_too_big"
+    others = [kind for kind in kinds if kind != FILE_TOO_BIG]
+    return others[0] if others else FILE_TOO_BIG

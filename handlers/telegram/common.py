@@ -12,6 +12,7 @@ from aiogram.filters import Filter
 from aiogram.types import CallbackQuery, Document, InaccessibleMessage, Message, TelegramObject, User
 from aiogram.utils.magic_filter import MagicFilter
 
+from bot.delivery.media import MAX_BYTES
 from bot.dialog import Person
 from bot.domain import Attachment, MediaKind, Platform
 from bot.tickets import Staff
@@ -80,12 +81,9 @@ def staff(message: Message | InaccessibleMessage, user: User | None = None) -> S
     return Staff(chat_id=message.chat.id, user_id=user.id, name=user.full_name)
 
 
-# Telegram lets a bot download files up to 20 MB; a larger document could never be passed on.
-DOCUMENT_LIMIT = 20 * 1024 * 1024
-
-
 def document_too_big(message: Message) -> bool:
-    return bool(message.document and (message.document.file_size or 0) > DOCUMENT_LIMIT)
+    """Over what a bot may download (Telegram's limit): such a document could never be passed on."""
+    return bool(message.document and (message.document.file_size or 0) > MAX_BYTES)
 
 
 def document_name(document: Document) -> str:

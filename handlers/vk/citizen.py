@@ -15,7 +15,7 @@ from vkbottle_types.objects import DocsDoc, MessagesForeignMessage, MessagesMess
 
 from bot.delivery.limits import RateLimiter, Rates
 from bot.delivery.media import MAX_BYTES
-from bot.dialog import CitizenDialog, CitizenInput, Person
+from bot.dialog import FILE_TOO_BIG, CitizenDialog, CitizenInput, Person
 from bot.domain import Attachment, Location, MediaKind, Platform
 from bot.messages import Ref
 
@@ -25,10 +25,6 @@ COMMANDS = ("start", "help", "cancel", "my", "status", "lang", "new")
 # VK's own "Start" button sends this text (and {"command": "start"} as payload).
 START_WORDS = {"начать", "start", "старт"}
 LANGUAGES = {0: "ru", 3: "en"}
-# A document is passed on to the agency by downloading it, which stops at this size (as Telegram's limit
-# for a bot's downloads stops a Telegram document): a larger one is refused as too big.
-DOCUMENT_LIMIT = MAX_BYTES
-TOO_BIG = "file_too_big"
 
 
 class Names:
@@ -82,7 +78,7 @@ def citizen_labeler(dialog: CitizenDialog, limiter: RateLimiter | None = None) -
         skipped = content.skipped
         if not text and not content.files and location is None:
             # Nothing to take: say why (a file too big, or what kind of thing came).
-            unsupported = TOO_BIG if TOO_BIG in skipped else (skipped or ["empty"])[0]
+            unsupported = FILE_TOO_BIG if FILE_TOO_BIG in skipped else (skipped or ["empty"])[0]
             skipped = []
         reply = message.reply_message
         await dialog.message(
@@ -178,7 +174,7 @@ def _int(value: Any) -> int:
 @dataclass
 class Content:
     """What a message carries besides its own text and location: the text of the messages it forwards, the
-    photos and documents taken, and the kinds of what could not be (TOO_BIG for a document over the
+    photos and documents taken, and the kinds of what could not be (FILE_TOO_BIG for a document over the
     limit)."""
 
     text: str = ""
@@ -223,8 +219,9 @@ def _take(content: Content, attachments: Sequence[MessagesMessageAttachment], te
         if kind == "photo" and item.photo is not None and item.photo.sizes:
             content.files.append(_photo(item.photo))
         elif kind == "doc" and item.doc is not None:
-            if (item.doc.size or 0) > DOCUMENT_LIMIT:
-                content.skipped.append(TOO_BIG)
+            # Passed on to the agency by downloading it, which stops at this size.
+            if (item.doc.size or 0) > MAX_BYTES:
+                content.skipped.append(FILE_TOO_BIG)
             else:
                 content.files.append(_document(item.doc))
         elif kind == "link":
