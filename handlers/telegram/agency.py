@@ -143,12 +143,7 @@ def staff_router(routing: Routing, chats: ChatDirectory, album_wait: float) -> R
     @router.edited_message(Where(F.reply_to_message))
     async def edited_reply(message: Message, tickets: TicketService, outbox: Outbox) -> None:
         """An answer, note or reason edited after it went: what went stays as it was."""
-        assert message.reply_to_message is not None
-        async with outbox.read() as repo:
-            link = await repo.linked_ticket(
-                Platform.telegram, message.chat.id, message.reply_to_message.message_id
-            )
-        if link is not None:
+        if await _linked(outbox, message) is not None:
             note = tickets.staff_text(message.chat.id, "staff.edit_not_passed")
             await _say(outbox, message.chat.id, note, message.message_id)
 
@@ -156,11 +151,7 @@ def staff_router(routing: Routing, chats: ChatDirectory, album_wait: float) -> R
     async def reply(
         message: Message, tickets: TicketService, outbox: Outbox, album: list[Message] | None = None
     ) -> None:
-        assert message.reply_to_message is not None
-        async with outbox.read() as repo:
-            link = await repo.linked_ticket(
-                Platform.telegram, message.chat.id, message.reply_to_message.message_id
-            )
+        link = await _linked(outbox, message)
         if link is None:
             return  # a conversation among staff, not about a ticket
         ticket_id, role = link
@@ -223,12 +214,19 @@ def unconnected_router(chats: ChatDirectory) -> Router:
 async def _tell_unconnected(
     tickets: TicketService, outbox: Outbox, chat_id: int, reply_to: int | None
 ) -> None:
-    text = tickets.staff_text(chat_id, "staff.not_connected", id=str(chat_id))
+    await _say(outbox, chat_id, tickets.staff_text(chat_id, "staff.not_connected", id=str(chat_id)), reply_to)
+
+
+async def _linked(outbox: Outbox, message: Message) -> tuple[int, str] | None:
+    """The ticket (and the role of its message) that the message replies to, if it replies to one."""
+    assert message.reply_to_message is not None
+    async with outbox.read() as repo:
+        return await repo.linked_ticket(
+            Platform.telegram, message.chat.id, message.reply_to_message.message_id
+        )
+
+
+async def _say(outbox: Outbox, chat_id: int, text: str, reply_to: int | None) -> None:
+    reply = None if reply_to is None else Ref(message_id=reply_to)
     async with outbox.unit() as u:
-        reply = None if reply_to is None else Ref(message_id=reply_to)
         await u.send(Platform.telegram, chat_id, Outgoing(text, reply_to=reply))
-
-
-async def _say(outbox: Outbox, chat_id: int, text: str, reply_to: int) -> None:
-    async with outbox.unit() as u:
-        await u.send(Platform.telegram, chat_id, Outgoing(text, reply_to=Ref(message_id=reply_to)))
