@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.clock import Clock
-from bot.delivery.outbox import AlreadyHandled, Origin, current_origin
+from bot.delivery.outbox import AlreadyHandled, Origin, current_origin, record_handled
 from bot.domain import Platform
 from storage.db import Database
 from storage.group_commit import GroupCommit
@@ -131,14 +131,14 @@ class Intake:
                 current_origin.reset(token)
             if self.on_handled is not None:
                 self.on_handled(self.platform, ok)
-            if origin.recorded:
-                return  # marked handled and out of the inbox with the change it made
+            if origin.recorded or origin.taken:
+                # Marked handled and out of the inbox with the change it made; or part of another
+                # update's handling (an album's), which marks it so.
+                return
             now = self.clock.now()
 
             async def done(conn: AsyncConnection) -> None:
-                repo = Repository(conn)
-                await repo.mark_processed(self.platform, key, now)
-                await repo.drop_inbox(item_id)
+                await record_handled(Repository(conn), origin, now)
 
             # Updates finishing side by side leave the inbox in one transaction.
             await self.commits.write(done)

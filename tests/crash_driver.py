@@ -220,12 +220,19 @@ class Citizen:
 
     async def describe(self, text: str) -> Message:
         seen = await self._send(lambda: self.tg.send_text(self.user_id, text))
+        return await self._reply(seen, self._after_description, "location prompt")
 
-        def next_step(message: Message) -> bool:
-            buttons = self._buttons(message)
-            return "d:skip" in buttons or "d:confirm" in buttons
+    async def send_album(self, count: int, caption: str) -> int:
+        """An album as the description; returns the newest bot message id before it (see `next_prompt`)."""
+        return await self._send(lambda: self.tg.send_album(self.user_id, count, caption))
 
-        return await self._reply(seen, next_step, "location prompt")
+    async def next_prompt(self, seen: int) -> Message:
+        """The step after the description, once the bot has answered past message `seen`."""
+        return await self._reply(seen, self._after_description, "location prompt")
+
+    def _after_description(self, message: Message) -> bool:
+        buttons = self._buttons(message)
+        return "d:skip" in buttons or "d:confirm" in buttons
 
     async def skip(self, prompt: Message) -> Message:
         return await self._press(prompt, "d:skip", lambda m: "d:confirm" in self._buttons(m), "summary")

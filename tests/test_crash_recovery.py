@@ -312,3 +312,38 @@ async def test_a_report_half_written_survives_a_kill(tmp_path: Path, empty_datab
             "FROM tickets t JOIN citizens c ON c.id = t.citizen_id ORDER BY t.number"
         )
         assert sorted(rows) == [(vera.user_id, vera_text, None, None), (ivan.user_id, ivan_text, None, None)]
+
+
+async def test_an_album_cut_short_by_a_kill_is_gathered_again(
+    tmp_path: Path, empty_database_url: str
+) -> None:
+    """The parts of an album wait for one another before they are handled: a kill meanwhile must leave
+    every part to be handled again, not the first alone."""
+    async with telegram() as tg, installed_bot(tmp_path, tg, empty_database_url) as bot:
+        nina = Citizen(tg, 203, random.Random(3), pause=(0, 0))
+        tg.add_user(user_id=nina.user_id, first_name="Нина", language_code="ru")
+        # A run that waits long for an album's last part, so the kill lands while it waits.
+        bot.env["ALBUM_WAIT_SECONDS"] = "10"
+        await bot.kill()
+        await bot.start()
+        await nina.choose(await nina.new_report(), "potholes")
+        seen = await nina.send_album(3, "Яма и разбитый бордюр")
+        parts = [str(update["update_id"]) for update in tg.updates[-3:]]
+
+        def all_taken() -> bool:
+            bot.check_alive()
+            kept = {key for (key,) in bot.query("SELECT key FROM inbox")}
+            kept |= {key for (key,) in bot.query("SELECT key FROM processed_updates")}
+            return set(parts) <= kept
+
+        await eventually(all_taken, 30, "the album's parts stored")
+        await bot.kill()
+        bot.env["ALBUM_WAIT_SECONDS"] = "0.3"
+        await bot.start()
+
+        summary = await nina.skip(await nina.next_prompt(seen))
+        assert "3 фотографии" in text_of(summary)
+        await nina.confirm(summary, "Яма и разбитый бордюр")
+        await drained(bot, tg)
+        await bot.stop()
+        assert bot.query("SELECT count(*) FROM ticket_media") == [(3,)]

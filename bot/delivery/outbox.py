@@ -32,12 +32,36 @@ class Origin:
     inbox_id: int | None = None
     counter: itertools.count[int] = field(default_factory=itertools.count)
     recorded: bool = False
+    # Updates handled as part of this one (the other parts of an album): marked handled in its
+    # transaction, so a crash before it leaves them all in the inbox, to be handled together again.
+    joined: list[Origin] = field(default_factory=list)
+    # This update was taken into another's handling (`joined` there): that one marks it handled.
+    taken: bool = False
+
+    def join(self, other: Origin) -> None:
+        other.taken = True
+        self.joined.append(other)
 
     def next_key(self) -> str:
         return f"{self.platform.value}:{self.key}:{next(self.counter)}"
 
 
 current_origin: ContextVar[Origin | None] = ContextVar("current_origin", default=None)
+
+
+async def record_handled(
+    repo: Repository, origin: Origin, now: datetime, *, first_marked: bool = False
+) -> None:
+    """Mark the update and those joined to it handled, and take them out of the inbox (`first_marked`:
+    the update itself is marked already)."""
+    for handled in [origin, *origin.joined]:
+        if handled.recorded:
+            continue
+        if handled is not origin or not first_marked:
+            await repo.mark_processed(handled.platform, handled.key, now)
+        if handled.inbox_id is not None:
+            await repo.drop_inbox(handled.inbox_id)
+        handled.recorded = True
 
 
 class AlreadyHandled(Exception):
@@ -102,9 +126,7 @@ class Outbox:
                 # new citizen, are idempotent by themselves.)
                 if not await unit.repo.mark_processed(origin.platform, origin.key, unit.now):
                     raise AlreadyHandled(origin.key)
-                if origin.inbox_id is not None:
-                    await unit.repo.drop_inbox(origin.inbox_id)
-                origin.recorded = True
+                await record_handled(unit.repo, origin, unit.now, first_marked=True)
         if unit.queued:
             for wake in self._listeners:
                 wake(unit.queued)
