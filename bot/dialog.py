@@ -7,10 +7,14 @@ it keeps the report being written (the draft) in the database and answers throug
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from bot.config import Routing
 from bot.delivery.outbox import Outbox, Unit
@@ -29,6 +33,8 @@ from bot.domain import (
 from bot.i18n import SUPPORTED, Html, Translator
 from bot.messages import Button, Outgoing, Ref, draft_from_json, draft_to_json
 from bot.tickets import TicketService
+
+log = logging.getLogger(__name__)
 
 # The kind of content a file over the download limit is (`CitizenInput.unsupported` and `.skipped`).
 FILE_TOO_BIG = "file_too_big"
@@ -107,7 +113,7 @@ class CitizenDialog:
         who = incoming.who
         async with self._locks[(who.platform, who.chat_id)]:
             citizen = await self._citizen(who)
-            await self._message(incoming, citizen)
+            await _again_if_moved(lambda: self._message(incoming, citizen))
 
     async def press(self, who: Person, data: str, pressed: Ref) -> str:
         """A button on the message `pressed` in the citizen's chat; returns the short text for the
@@ -115,7 +121,7 @@ class CitizenDialog:
         async with self._locks[(who.platform, who.chat_id)]:
             citizen = await self._citizen(who)
             try:
-                return await self._press(who, citizen, data, pressed)
+                return await _again_if_moved(lambda: self._press(who, citizen, data, pressed))
             except DomainError as error:
                 return self.t.get(citizen.locale, error.key)
 
@@ -153,7 +159,7 @@ class CitizenDialog:
             return
         if draft is None and await self._refuse_over_limit(who, citizen):
             return
-        await self._feed(who, citizen, draft or Draft(), incoming)
+        await self._feed(who, citizen, draft or Draft(), incoming, state)
 
     async def _to_ticket_by_reply(self, incoming: CitizenInput, citizen: Citizen) -> bool:
         assert incoming.reply_to is not None
@@ -180,7 +186,9 @@ class CitizenDialog:
                 async with self.outbox.unit() as u:
                     await self._say_skipped(u, incoming.who, citizen, incoming.skipped)
 
-    async def _feed(self, who: Person, citizen: Citizen, draft: Draft, incoming: CitizenInput) -> None:
+    async def _feed(
+        self, who: Person, citizen: Citizen, draft: Draft, incoming: CitizenInput, seen: State
+    ) -> None:
         notes: list[tuple[str, int]] = []
         only_text = bool(incoming.text) and not incoming.photos and incoming.location is None
         if draft.step == "location" and only_text:
@@ -201,7 +209,7 @@ class CitizenDialog:
             draft.latitude, draft.longitude = incoming.location.latitude, incoming.location.longitude
             draft.address = None
             draft.location_done = True
-        async with self.outbox.unit() as u:
+        async with self._unit_over(who, seen) as u:
             for note, limit in notes:
                 await self._say_in(u, who, citizen, note, limit=limit)
             if incoming.skipped:
@@ -308,7 +316,7 @@ class CitizenDialog:
             current = draft is None or draft.step == "category"
             draft = draft or Draft()
             draft.category_id = value
-            async with self.outbox.unit() as u:
+            async with self._unit_over(who, state) as u:
                 if current:
                     await self._advance(u, who, citizen, draft, pressed=pressed)
                 else:
@@ -329,7 +337,7 @@ class CitizenDialog:
                 # the step is behind, and a second summary would only confuse.
                 return self.t.get(locale, "toast.unknown_button")
             draft.location_done = True
-            async with self.outbox.unit() as u:
+            async with self._unit_over(who, state) as u:
                 await self._advance(u, who, citizen, draft, pressed=pressed)
             return ""
         if await self._refuse_over_limit(who, citizen):
@@ -454,6 +462,16 @@ class CitizenDialog:
 
     # -- helpers
 
+    @asynccontextmanager
+    async def _unit_over(self, who: Person, seen: State) -> AsyncIterator[Unit]:
+        """A unit that writes a draft made from the conversation state `seen`. Another instance may have
+        handled an update of the same chat since that read (the per-chat lock is this process's): then
+        nothing is written and `Moved` is raised, for the step to be decided again on the new state."""
+        async with self.outbox.unit() as u:
+            if await u.repo.conversation(who.platform, who.chat_id) != seen:
+                raise Moved
+            yield u
+
     async def _refuse_over_limit(self, who: Person, citizen: Citizen) -> bool:
         """At most `reports_per_hour` new reports per citizen: a flood is answered, not filed."""
         limit = self.limits.reports_per_hour
@@ -499,6 +517,26 @@ class CitizenDialog:
         """Tell the citizen which kinds of the parts they sent were not taken (the rest was)."""
         names = [self._part_name(citizen.locale, kind) for kind in kinds]
         await self._say_in(u, who, citizen, "dialog.skipped_parts", items=", ".join(dict.fromkeys(names)))
+
+
+class Moved(Exception):
+    """The conversation changed between the read a step was decided on and its write."""
+
+
+# How often a step is decided again when the conversation keeps changing under it.
+MOVED_RETRIES = 5
+
+State = dict[str, Any] | None
+T = TypeVar("T")
+
+
+async def _again_if_moved(step: Callable[[], Awaitable[T]]) -> T:
+    for _ in range(MOVED_RETRIES - 1):
+        try:
+            return await step()
+        except Moved:
+            log.info("a citizen's conversation changed while a step was decided; deciding it again")
+    return await step()
 
 
 def _in_place_of(pressed: Ref | None, message: Outgoing) -> Outgoing:

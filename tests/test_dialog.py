@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import sqlalchemy as sa
 
 from bot.clock import ManualClock
 from bot.config import Routing
-from bot.delivery.outbox import Outbox
+from bot.delivery.outbox import Outbox, Unit
 from bot.dialog import CitizenDialog, CitizenInput, Limits, Person
-from bot.domain import EventKind, Location, Platform, TicketStatus
+from bot.domain import Attachment, EventKind, Location, MediaKind, Platform, TicketStatus
 from bot.i18n import Translator
 from bot.messages import Ref
 from bot.tickets import TicketService
 from storage.db import Database
-from storage.schema import outbox, tickets
+from storage.schema import conversations, outbox, tickets
 
 WHO = Person(Platform.vk, 77, 77, "Ира", "ru")
 
@@ -93,3 +96,42 @@ async def test_a_location_answering_a_question_reaches_the_agency_on_any_platfor
     assert (ticket.latitude, ticket.longitude) == (55.751244, 37.618423)
     assert events[-1].kind is EventKind.citizen_message
     assert events[-1].payload["latitude"] == 55.751244 and events[-1].payload["longitude"] == 37.618423
+
+
+async def test_two_instances_feeding_one_draft_at_once_lose_nothing(
+    db: Database, routing: Routing, clock: ManualClock
+) -> None:
+    """Two updates of one chat handled by two instances at once (webhooks behind a proxy): the one that
+    read the draft first writes last, and must not write back the draft it read."""
+    translator = Translator()
+
+    def instance() -> CitizenDialog:
+        box = Outbox(db, clock)
+        return CitizenDialog(box, TicketService(box, routing, translator), routing, translator, Limits())
+
+    first, second = instance(), instance()
+    await first.press(WHO, "c:potholes", Ref(message_id=1))  # the draft waits for a description
+    read, go_on = asyncio.Event(), asyncio.Event()
+    writes = first.outbox.unit
+
+    @asynccontextmanager
+    async def held_once() -> AsyncIterator[Unit]:
+        """The first instance's first write waits until the second instance has written."""
+        if not read.is_set():
+            read.set()
+            await go_on.wait()
+        async with writes() as u:
+            yield u
+
+    first.outbox.unit = held_once  # type: ignore[method-assign]
+    text = asyncio.create_task(first.message(CitizenInput(who=WHO, text="Яма у подъезда")))
+    await asyncio.wait_for(read.wait(), 5)
+    photo = Attachment(kind=MediaKind.photo, platform=Platform.vk, file_id="photo1_2", file_unique_id="1_2")
+    await second.message(CitizenInput(who=WHO, photos=[photo]))
+    go_on.set()
+    await asyncio.wait_for(text, 5)
+
+    async with db.read() as conn:
+        state = await conn.scalar(sa.select(conversations.c.state))
+    draft = state["draft"]
+    assert draft["text"] == "Яма у подъезда" and [p["file_id"] for p in draft["photos"]] == ["photo1_2"]
