@@ -290,6 +290,23 @@ async def test_a_permanent_failure_does_not_block_the_chat(db: Database, clock: 
     assert await statuses(db) == [("a", "failed"), ("b", "sent")]
 
 
+async def test_a_chat_out_of_reach_is_told_of_before_its_message_is_recorded_failed(
+    db: Database, clock: ManualClock
+) -> None:
+    """The process dies while the failure is being told (here: the telling raises). The message must stay
+    to be sent again, which fails again and tells again: recorded failed first, nobody would be told."""
+    outbox, messenger, _ = make(db, clock)
+
+    async def dies(*_: object) -> None:
+        raise RuntimeError("the process dies here")
+
+    worker = DeliveryWorker(db, {Platform.telegram: messenger}, clock, max_attempts=3, on_unreachable=dies)
+    messenger.failures["a"] = [PermanentError("blocked", "Forbidden: bot was blocked by the user")]
+    await queue(outbox, 1, Outgoing("a"))
+    await worker.deliver_due()  # the lane logs the failure and ends
+    assert await statuses(db) == [("a", "pending")]
+
+
 async def test_a_migrated_chat_takes_its_queue_along(db: Database, clock: ManualClock) -> None:
     outbox, messenger, worker = make(db, clock)
     messenger.failures["a"] = [ChatMigrated(-1002)]

@@ -344,9 +344,12 @@ class DeliveryWorker:
             return False
         except PermanentError as error:
             self._count("permanent", error.reason)
-            await self._fail(row, f"{error.reason}: {error}")
             if error.reason in UNREACHABLE_REASONS and self.on_unreachable is not None:
+                # Before the row is recorded as failed: a crash between the two sends the row again,
+                # which fails again and tells again (the telling is idempotent), where the other order
+                # would leave a failed row whose chat nobody was told of.
                 await self.on_unreachable(platform, row.chat_id, row.ticket_id, error.reason)
+            await self._fail(row, f"{error.reason}: {error}")
             return True
         except (TransientError, DeliveryError) as error:
             self._count("transient")
