@@ -172,8 +172,18 @@ class CitizenDialog:
 
     async def _to_ticket(self, incoming: CitizenInput, citizen: Citizen, ticket_id: int) -> None:
         try:
+            skipped = incoming.skipped
+
+            async def tell_skipped(u: Unit) -> None:
+                await self._say_skipped(u, incoming.who, citizen, skipped)
+
             await self.tickets.citizen_message(
-                citizen, ticket_id, incoming.text, incoming.photos, location=incoming.location
+                citizen,
+                ticket_id,
+                incoming.text,
+                incoming.photos,
+                location=incoming.location,
+                also=tell_skipped if skipped else None,
             )
         except TicketClosed as closed:
             await self._say(
@@ -181,10 +191,6 @@ class CitizenDialog:
             )
         except TicketNotFound:
             await self._say(incoming.who, citizen, "error.ticket_not_found")
-        else:
-            if incoming.skipped:
-                async with self.outbox.unit() as u:
-                    await self._say_skipped(u, incoming.who, citizen, incoming.skipped)
 
     async def _feed(
         self, who: Person, citizen: Citizen, draft: Draft, incoming: CitizenInput, seen: State

@@ -184,6 +184,7 @@ class TicketService:
         photos: Sequence[Attachment],
         *,
         location: Location | None = None,
+        also: Callable[[Unit], Awaitable[None]] | None = None,
     ) -> Ticket:
         """A citizen's answer or addition: stored, shown in the agency chat under the card. An answer to
         a question restarts the clock, moving the deadline by the time that counted while the ticket
@@ -191,7 +192,8 @@ class TicketService:
 
         A `location` goes to the agency with the message (a map link) and into the event; a ticket filed
         without a place takes it as its place, so the card shows it. A place the report already has stays:
-        the point is then shown only with this message."""
+        the point is then shown only with this message. `also` adds the caller's own writes to the
+        transaction (what it has to tell the citizen about the message)."""
         async with self.outbox.unit() as u:
             ticket = await self._ticket(u, ticket_id)
             if ticket.citizen_id != citizen.id:
@@ -257,6 +259,8 @@ class TicketService:
                 ticket_id=ticket.id,
             )
             await self.tell_citizen(u, citizen, ticket, "citizen.message_added", role="ack")
+            if also is not None:
+                await also(u)
             return ticket
 
     def _deadline_after_pause(self, ticket: Ticket, paused_at: datetime, resumed_at: datetime) -> datetime:
@@ -539,9 +543,11 @@ class TicketService:
         text: str,
         photos: Sequence[Attachment],
         message_id: int,
+        also: Callable[[Unit], Awaitable[None]] | None = None,
     ) -> None:
         """A staff reply in the chat to one of the ticket's messages: an answer to the citizen, an
-        internal note (`!`), or the words a prompt asked for (question, final answer, reason)."""
+        internal note (`!`), or the words a prompt asked for (question, final answer, reason). `also`
+        adds the caller's own writes to the transaction."""
         explicit = {"/ask": Action.need_info, "/resolve": Action.resolve, "/reject": Action.reject}
         command = STAFF_COMMAND.match(text)
         if command is not None and command.group(1).lower() not in explicit:
@@ -561,6 +567,8 @@ class TicketService:
                 await self.prompt_in(u, ticket, staff, action)
             else:
                 await self._apply(u, ticket, staff, action, text, photos, message_id)
+            if also is not None:
+                await also(u)
 
     async def prompt_in(self, u: Unit, ticket: Ticket, staff: Staff, action: Action) -> None:
         check_action(ticket.status, action)

@@ -15,7 +15,7 @@ from aiogram.types import CallbackQuery, ChatMemberUpdated, Message
 
 from bot.chats import ChatDirectory
 from bot.config import Routing
-from bot.delivery.outbox import Outbox
+from bot.delivery.outbox import Outbox, Unit
 from bot.dialog import NUMBER
 from bot.domain import Action, DomainError, Platform, TicketStatus, parse_id
 from bot.messages import Outgoing, Ref
@@ -168,22 +168,24 @@ def staff_router(routing: Routing, chats: ChatDirectory, album_wait: float) -> R
                 message.message_id,
             )
             return
+        chat_id = message.chat.id
+
+        async def tell_left_out(u: Unit) -> None:
+            # In the reply's own transaction: a crash cannot send the answer and lose this.
+            await _say_in(u, chat_id, tickets.staff_text(chat_id, "staff.left_out"), message.message_id)
+
         try:
             await tickets.staff_message(
-                ticket_id, staff(message), role, text, attachments, message.message_id
+                ticket_id,
+                staff(message),
+                role,
+                text,
+                attachments,
+                message.message_id,
+                also=tell_left_out if left_out else None,
             )
         except DomainError as error:
-            await _say(
-                outbox, message.chat.id, tickets.staff_text(message.chat.id, error.key), message.message_id
-            )
-            return
-        if left_out:
-            await _say(
-                outbox,
-                message.chat.id,
-                tickets.staff_text(message.chat.id, "staff.left_out"),
-                message.message_id,
-            )
+            await _say(outbox, chat_id, tickets.staff_text(chat_id, error.key), message.message_id)
 
     return router
 
@@ -227,6 +229,10 @@ async def _linked(outbox: Outbox, message: Message) -> tuple[int, str] | None:
 
 
 async def _say(outbox: Outbox, chat_id: int, text: str, reply_to: int | None) -> None:
-    reply = None if reply_to is None else Ref(message_id=reply_to)
     async with outbox.unit() as u:
-        await u.send(Platform.telegram, chat_id, Outgoing(text, reply_to=reply))
+        await _say_in(u, chat_id, text, reply_to)
+
+
+async def _say_in(u: Unit, chat_id: int, text: str, reply_to: int | None) -> None:
+    reply = None if reply_to is None else Ref(message_id=reply_to)
+    await u.send(Platform.telegram, chat_id, Outgoing(text, reply_to=reply))
