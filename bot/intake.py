@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.clock import Clock
@@ -124,7 +125,19 @@ class Intake:
             except AlreadyHandled:
                 ok = True
                 log.info("%s update %s was handled elsewhere meanwhile", self.platform.value, key)
-            except Exception:
+            except Exception as error:
+                if _passing(error):
+                    # The database failed, not the update: its change was rolled back, so it stays in
+                    # the inbox for the sweep (or the next start) to handle again.
+                    log.warning(
+                        "%s update %s: the database failed (%s); it will be handled again",
+                        self.platform.value,
+                        key,
+                        type(error).__name__,
+                    )
+                    if self.on_handled is not None:
+                        self.on_handled(self.platform, False)
+                    return
                 # One bad update must not stop the others; it is logged and not retried forever.
                 log.exception("%s update %s failed", self.platform.value, key)
             finally:
@@ -160,6 +173,14 @@ class Pushed:
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+def _passing(error: Exception) -> bool:
+    """A fault of the database that passes (a lock not had in time, a lost connection), as opposed to
+    one the update causes every time (a constraint it breaks)."""
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    return isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
 
 
 def without_nul(value: Any) -> Any:

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 
 from bot.clock import ManualClock
 from bot.delivery.base import RetryAfter
@@ -217,3 +218,35 @@ async def test_nul_characters_never_reach_the_handler_or_the_database(
     async with db.read() as conn:
         stored = await Repository(conn).cursor("report")
     assert seen == ["Яма у дома"] and stored == "Яма у дома"
+
+
+async def test_an_update_the_database_failed_stays_to_be_handled_again(
+    db: Database, clock: ManualClock
+) -> None:
+    """A lock not had in time, a lost connection: the change was rolled back, and the update is not
+    marked handled but left for the sweep. An update that breaks a rule every time is not retried."""
+    box = Outbox(db, clock)
+    failures = {
+        "1": [OperationalError("INSERT ...", {}, Exception("database is locked"))],
+        "2": [ValueError("bad")],
+    }
+    handled: list[str] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        key = payload["key"]
+        if failures[key]:
+            raise failures[key].pop(0)
+        async with box.unit() as u:
+            await u.send(Platform.telegram, 1, Outgoing(f"answer {key}"))
+        handled.append(key)
+
+    intake = Intake(db, clock, Platform.telegram, handler)
+    await intake.accept([("1", {"key": "1"}), ("2", {"key": "2"})])
+    await asyncio.wait_for(intake.drain(), 10)
+    async with db.read() as conn:
+        left = set(await conn.scalars(sa.select(inbox.c.key)))
+    assert left == {"1"}, "the update the database failed stays; the bad one is done with"
+    clock.advance(timedelta(minutes=2))
+    assert await intake.replay(received_before=clock.now() - timedelta(minutes=1)) == 1
+    await asyncio.wait_for(intake.drain(), 10)
+    assert handled == ["1"]
