@@ -36,6 +36,10 @@ from storage.schema import (
 # The worker records a permanent failure as "<reason>: <detail>"; these reasons mean the chat itself is
 # out of reach (as opposed to one message being wrong).
 UNREACHABLE_REASONS = ("blocked", "deactivated", "chat_not_found")
+# A failure recorded with one of those reasons.
+_FAILED_UNREACHABLE = sa.or_(
+    *(outbox.c.last_error.startswith(f"{reason}:") for reason in UNREACHABLE_REASONS)
+)
 # What the worker records for an edit whose message was never sent (so there is nothing to edit).
 EDIT_TARGET_NEVER_SENT = "the message to edit was never sent"
 
@@ -535,7 +539,7 @@ class Repository:
                 outbox.c.platform == platform.value,
                 outbox.c.chat_id == chat_id,
                 outbox.c.status == "failed",
-                sa.or_(*(outbox.c.last_error.startswith(f"{reason}:") for reason in UNREACHABLE_REASONS)),
+                _FAILED_UNREACHABLE,
             )
             .values(status="pending", attempts=0, next_attempt_at=now, last_error=None)
         )
@@ -553,10 +557,9 @@ class Repository:
             outbox.c.status == "failed",
             outbox.c.ticket_id.is_not(None),
         )
-        unreachable = sa.or_(
-            *(outbox.c.last_error.startswith(f"{reason}:") for reason in UNREACHABLE_REASONS)
+        first = await self.conn.scalar(
+            sa.select(sa.func.min(outbox.c.id)).where(*failed_here, _FAILED_UNREACHABLE)
         )
-        first = await self.conn.scalar(sa.select(sa.func.min(outbox.c.id)).where(*failed_here, unreachable))
         if first is None:
             return 0
         result = await self.conn.execute(
@@ -565,7 +568,7 @@ class Repository:
                 *failed_here,
                 outbox.c.id >= first,
                 sa.or_(
-                    unreachable,
+                    _FAILED_UNREACHABLE,
                     sa.and_(outbox.c.kind == "edit", outbox.c.last_error == EDIT_TARGET_NEVER_SENT),
                 ),
             )
