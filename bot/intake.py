@@ -118,7 +118,7 @@ class Intake:
         async with self._slots:
             origin = Origin(self.platform, key, inbox_id=item_id)
             token = current_origin.set(origin)
-            ok = False
+            ok = again = False
             try:
                 await self.handler(payload)
                 ok = True
@@ -126,27 +126,26 @@ class Intake:
                 ok = True
                 log.info("%s update %s was handled elsewhere meanwhile", self.platform.value, key)
             except Exception as error:
-                if _passing(error):
-                    # The database failed, not the update: its change was rolled back, so it stays in
-                    # the inbox for the sweep (or the next start) to handle again.
+                # The database failed, not the update: its change was rolled back, so it stays in
+                # the inbox for the sweep (or the next start) to handle again. One bad update, though,
+                # must not stop the others: it is logged and not retried forever.
+                again = _passing(error)
+                if again:
                     log.warning(
                         "%s update %s: the database failed (%s); it will be handled again",
                         self.platform.value,
                         key,
                         type(error).__name__,
                     )
-                    if self.on_handled is not None:
-                        self.on_handled(self.platform, False)
-                    return
-                # One bad update must not stop the others; it is logged and not retried forever.
-                log.exception("%s update %s failed", self.platform.value, key)
+                else:
+                    log.exception("%s update %s failed", self.platform.value, key)
             finally:
                 current_origin.reset(token)
             if self.on_handled is not None:
                 self.on_handled(self.platform, ok)
-            if origin.recorded or origin.taken:
-                # Marked handled and out of the inbox with the change it made; or part of another
-                # update's handling (an album's), which marks it so.
+            if again or origin.recorded or origin.taken:
+                # Left to be handled again; marked handled and out of the inbox with the change it
+                # made; or part of another update's handling (an album's), which marks it so.
                 return
             now = self.clock.now()
 
