@@ -5,6 +5,7 @@ Outbox rows carry these as JSON; each platform's messenger turns them into API c
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -133,7 +134,8 @@ def draft_from_json(data: object) -> Draft | None:
 # Button data: short colon-separated strings, well under Telegram's 64 bytes. The first field says
 # what the button is; everything after it is re-checked against the database, never trusted.
 #   t:<action>:<ticket_id>:<status>  staff action on a card showing <status>
-#   x:<agency_id>:<ticket_id>        staff chose the agency to transfer to
+#   x:<agency_id>:<ticket_id>:<mark> staff chose the agency to transfer to, from the list shown while
+#                                    the ticket was with the agency of <mark> (see agency_mark)
 #   b:<ticket_id>                    staff went back from the transfer list to the card's buttons
 #   c:<category_id>                  citizen chose a category
 #   f:<yes|no>:<ticket_id>           citizen answers "Solved?"
@@ -146,8 +148,14 @@ def ticket_action(action: Action, ticket_id: int, status: TicketStatus) -> str:
     return f"t:{action.value}:{ticket_id}:{status.value}"
 
 
-def transfer_target(agency_id: str, ticket_id: int) -> str:
-    return f"x:{agency_id}:{ticket_id}"
+def transfer_target(agency_id: str, ticket_id: int, shown_for: str) -> str:
+    return f"x:{agency_id}:{ticket_id}:{agency_mark(shown_for)}"
+
+
+def agency_mark(agency_id: str) -> str:
+    """Six hex digits that tell a region's agencies apart in a button, where two agency ids would not fit
+    Telegram's 64 bytes: a transfer chosen from a list shown for another agency is a stale one."""
+    return hashlib.blake2b(agency_id.encode(), digest_size=3).hexdigest()
 
 
 def feedback(answer: str, ticket_id: int) -> str:

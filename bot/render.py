@@ -124,7 +124,7 @@ class Renderer:
             [
                 Button(
                     agency.title_in(cast(Locale, self.t.normalise(locale))),
-                    transfer_target(agency.id, ticket.id),
+                    transfer_target(agency.id, ticket.id, ticket.agency_id),
                 )
             ]
             for agency in self.routing.agencies

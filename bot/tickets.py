@@ -32,7 +32,7 @@ from bot.domain import (
     check_action,
 )
 from bot.i18n import Html, Translator
-from bot.messages import Button, Outgoing, Ref, draft_from_json, feedback
+from bot.messages import Button, Outgoing, Ref, agency_mark, draft_from_json, feedback
 from bot.render import Renderer
 from bot.sla import deadline_after_pause
 
@@ -486,11 +486,19 @@ class TicketService:
             await self.refresh_cards(u, ticket)
             return "toast.ok"
 
-    async def transfer(self, ticket_id: int, staff: Staff, agency_id: str) -> str:
+    async def transfer(
+        self, ticket_id: int, staff: Staff, agency_id: str, shown_for: str | None = None
+    ) -> str:
+        """`shown_for`: the `agency_mark` of the agency the list of targets was shown for (buttons made
+        before it was carried have none); a second tap on that list, the ticket moved by the first, is
+        stale rather than a second move."""
         target = self.routing.agency(agency_id)
         async with self.outbox.unit() as u:
             ticket = await self._ticket_for_staff(u, ticket_id, staff)
             check_action(ticket.status, Action.transfer)
+            if shown_for is not None and shown_for != agency_mark(ticket.agency_id):
+                await self.refresh_cards(u, ticket)
+                return "toast.stale"
             if target.id == ticket.agency_id:
                 return "toast.stale"
             old_chat = self.agency_chat(ticket.agency_id)

@@ -153,6 +153,11 @@ class World:
             value = await conn.scalar(sa.select(tickets.c.status).where(tickets.c.number == number))
         return TicketStatus(value)
 
+    async def agency_of(self, number: int) -> str:
+        async with self.app.db.read() as conn:
+            value = await conn.scalar(sa.select(tickets.c.agency_id).where(tickets.c.number == number))
+        return str(value)
+
     async def handled_all(self, timeout: float = 30.0) -> list[Any]:
         """Every outbox row, once the bot took every update the fake holds, handled each and sent what
         it queued: after this, silence is the bot's answer."""

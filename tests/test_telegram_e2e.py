@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.config import Routing
+from bot.config import Routing, parse_routing
 from bot.domain import Platform, TicketStatus
-from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, WASTE_CHAT
+from bot.messages import transfer_target
+from tests.conftest import COORDINATORS_CHAT, ROADS_CHAT, TEST_ROUTING, WASTE_CHAT
 from tests.telegram_world import (
     COORDINATOR,
     ROADS_STAFF,
@@ -252,9 +253,10 @@ async def test_transfer_moves_the_ticket_to_another_agency(world: World) -> None
     tg = world.tg
     number = await world.file_report(ALICE, photos=2)
     card = await world.card(ROADS_CHAT, number)
+    to_waste = transfer_target("waste", number, shown_for="roads")
     await tg.press(ROADS_STAFF, card, f"t:tr:{number}:new")
-    await tg.wait_until(lambda: f"x:waste:{number}" in tg.button_data(world.card_now(ROADS_CHAT, number)))
-    await tg.press(ROADS_STAFF, world.card_now(ROADS_CHAT, number), f"x:waste:{number}")
+    await tg.wait_until(lambda: to_waste in tg.button_data(world.card_now(ROADS_CHAT, number)))
+    await tg.press(ROADS_STAFF, world.card_now(ROADS_CHAT, number), to_waste)
 
     new_card = await world.card(WASTE_CHAT, number)
     assert tg.button_data(new_card)[0] == f"t:take:{number}:new"
@@ -268,6 +270,39 @@ async def test_transfer_moves_the_ticket_to_another_agency(world: World) -> None
     await tg.send_text(ROADS_STAFF, "Мы всё же сделаем", chat_id=ROADS_CHAT, reply_to=card["message_id"])
     await world.says_key(ROADS_CHAT, "ru", "error.not_allowed_here")
     assert len(tg.bot_messages(ALICE)) == sent_to_alice
+
+
+PARKS_CHAT = -1001000000030
+PARKS = """
+[[agencies]]
+id = "parks"
+name = { ru = "Парки и скверы", en = "Parks" }
+chat_id = -1001000000030
+"""
+
+
+async def test_a_second_tap_on_a_list_of_agencies_does_not_move_the_ticket_again(database_url: str) -> None:
+    """A coordinator taps one agency, then (before the list is gone) another: the first tap moves the
+    ticket, the second, chosen from a list shown while the ticket was still with the roads, is stale."""
+    async with running_world(database_url, parse_routing(TEST_ROUTING + PARKS)) as world:
+        tg = world.tg
+        tg.add_user(user_id=ALICE, first_name="Алиса", language_code="ru")
+        tg.add_group(chat_id=PARKS_CHAT, title="Parks", type="supergroup")
+        number = await world.file_report(ALICE)
+        await tg.send_command(COORDINATOR, f"/card T{number}", chat_id=COORDINATORS_CHAT)
+        copy = await world.card(COORDINATORS_CHAT, number)
+        await tg.press(COORDINATOR, copy, f"t:tr:{number}:new")
+        to_waste, to_parks = (transfer_target(a, number, shown_for="roads") for a in ("waste", "parks"))
+        await tg.wait_until(lambda: to_parks in tg.button_data(world.card_now(COORDINATORS_CHAT, number)))
+        first = await tg.press(COORDINATOR, copy, to_waste)
+        second = await tg.press(COORDINATOR, copy, to_parks)
+        await tg.wait_until(lambda: None not in (tg.callback_answer(first), tg.callback_answer(second)))
+
+        assert tg.callback_answer(second)["text"] == plain(world.t.get("ru", "toast.stale"))  # type: ignore[index]
+        await world.card(WASTE_CHAT, number)
+        assert await world.status_of(number) is TicketStatus.new
+        assert await world.agency_of(number) == "waste"
+        assert not [m for m in tg.bot_messages(PARKS_CHAT) if f"#T{number}" in (m.get("text") or "")]
 
 
 async def test_a_forged_button_from_another_agency_changes_nothing(world: World) -> None:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from bot.config import Routing
 from bot.domain import Platform, TicketStatus
+from bot.messages import transfer_target
 from storage.schema import citizens, outbox
 from tests.conftest import ROADS_CHAT, VK_GROUP, VK_TOKEN
 from tests.fakes.vk import FakeVK
@@ -269,10 +270,9 @@ async def test_vk_rejection_and_transfer_reach_the_citizen(both: VkWorld) -> Non
     number = await both.file_report(ANNA)
     card = await both.world.card(ROADS_CHAT, number)
     await tg.press(ROADS_STAFF, card, f"t:tr:{number}:new")
-    await tg.wait_until(
-        lambda: f"x:waste:{number}" in tg.button_data(both.world.card_now(ROADS_CHAT, number))
-    )
-    await tg.press(ROADS_STAFF, both.world.card_now(ROADS_CHAT, number), f"x:waste:{number}")
+    to_waste = transfer_target("waste", number, shown_for="roads")
+    await tg.wait_until(lambda: to_waste in tg.button_data(both.world.card_now(ROADS_CHAT, number)))
+    await tg.press(ROADS_STAFF, both.world.card_now(ROADS_CHAT, number), to_waste)
     await both.says(ANNA, "Региональный оператор")
 
 

@@ -72,13 +72,13 @@ def staff_router(routing: Routing, chats: ChatDirectory, album_wait: float) -> R
             return
         await answer(query, tickets.staff_text(who.chat_id, key))
 
-    @router.callback_query(Where(F.data.regexp(r"^x:[a-z0-9_-]{1,32}:\d{1,18}$")))
+    @router.callback_query(Where(F.data.regexp(r"^x:[a-z0-9_-]{1,32}:\d{1,18}(:[0-9a-f]{6})?$")))
     async def transfer_to(query: CallbackQuery, tickets: TicketService) -> None:
         assert query.message is not None and query.data is not None
-        _, agency_id, ticket_id = query.data.split(":")
+        _, agency_id, ticket_id, *shown_for = query.data.split(":")
         who = staff(query.message, query.from_user)
         try:
-            key = await tickets.transfer(int(ticket_id), who, agency_id)
+            key = await tickets.transfer(int(ticket_id), who, agency_id, *shown_for)
         except KeyError:
             key = "toast.unknown_button"
         except DomainError as error:
