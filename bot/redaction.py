@@ -1,7 +1,8 @@
 """Keeping secrets out of what the bot writes: log lines, tracebacks and the error texts it stores.
 
 The secrets are the ones configuration gave (`remember_secrets`, called as logging is set up); the
-token parts of the platforms' URLs are hidden too, whoever's token they carry.
+token parts of the platforms' URLs, and the password of any URL that carries one (`DATABASE_URL`,
+`REDIS_URL`), are hidden too, whoever's they are.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ URL_TOKENS = (
     re.compile(r"(?<=access_token=)[^&\s'\"<>]+"),
     re.compile(r"(?<=/bot)\d+:[\w-]+"),
 )
+# The password in a URL's `user:password@`. A password of a few letters, remembered as a secret, would
+# blank those letters in every word of every line; in its URL it is hidden whatever its length.
+URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s:/@'\"<>]*:)[^\s@'\"<>]+(?=@)")
 
 _secrets: tuple[str, ...] = ()
 
@@ -34,7 +38,7 @@ def redact(text: str, secrets: Sequence[str] | None = None) -> str:
             text = text.replace(secret, MASK)
     for pattern in URL_TOKENS:
         text = pattern.sub(MASK, text)
-    return text
+    return URL_PASSWORD.sub(rf"\g<1>{MASK}", text)
 
 
 def describe(error: BaseException) -> str:

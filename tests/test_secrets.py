@@ -49,6 +49,28 @@ async def run_script(tmp_path: Path, script: str, *args: str, **env: str) -> tup
 
 # --- logs -----------------------------------------------------------------------------------------
 
+
+def test_the_password_in_a_database_or_redis_url_is_hidden_whatever_its_length() -> None:
+    logger = logging.getLogger("tests.secrets.urls")
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.addFilter(RedactSecrets([TOKEN]))
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("no answer from %s", "postgresql+asyncpg://civic:pw@db.local:5432/civic")
+        logger.warning("no answer from %s", "redis://:pw@cache:6379/0")
+        logger.warning("pw, http://pw@host/ and 12:30 are not passwords")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    assert written.getvalue().splitlines() == [
+        "no answer from postgresql+asyncpg://civic:***@db.local:5432/civic",
+        "no answer from redis://:***@cache:6379/0",
+        "pw, http://pw@host/ and 12:30 are not passwords",
+    ]
+
+
 VKBOTTLE_LOGS_A_TIMEOUT = f"""
     import asyncio, sys
     import aiohttp
