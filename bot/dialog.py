@@ -349,7 +349,7 @@ class CitizenDialog:
         if await self._refuse_over_limit(who, citizen):
             return self.t.get(locale, "toast.limit")
         ticket = await self.tickets.open_ticket(
-            citizen, who.chat_id, also=lambda u: self._keep_summary(u, who, citizen, draft, pressed)
+            citizen, who.chat_id, also=lambda u, filed: self._keep_summary(u, who, citizen, filed, pressed)
         )
         if ticket is None:
             return self.t.get(locale, "toast.nothing_to_confirm")
@@ -357,7 +357,8 @@ class CitizenDialog:
 
     async def _keep_summary(self, u: Unit, who: Person, citizen: Citizen, draft: Draft, pressed: Ref) -> None:
         """The confirmed summary stays as the record of what was filed, without its buttons: its text is
-        sent again with the edit, as VK takes a keyboard off only so."""
+        sent again with the edit, as VK takes a keyboard off only so. Made from the draft filed, which
+        another instance may have added to since this one read it."""
         summary = Outgoing(self._summary(citizen.locale, draft), edit=pressed)
         await u.send(who.platform, who.chat_id, summary)
 

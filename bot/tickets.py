@@ -19,6 +19,7 @@ from bot.domain import (
     Action,
     Attachment,
     Citizen,
+    Draft,
     EventKind,
     Location,
     NotAllowedHere,
@@ -122,11 +123,12 @@ class TicketService:
     # -- citizens
 
     async def open_ticket(
-        self, citizen: Citizen, chat_id: int, also: Callable[[Unit], Awaitable[None]] | None = None
+        self, citizen: Citizen, chat_id: int, also: Callable[[Unit, Draft], Awaitable[None]] | None = None
     ) -> Ticket | None:
         """File the citizen's stored draft as a ticket. The draft is cleared in the same transaction,
         so a repeated "confirm" (a double tap, a redelivered update) files nothing more. `also` adds the
-        caller's own writes to that transaction (taking the pressed summary's buttons off)."""
+        caller's own writes to that transaction, given the draft filed (the pressed summary kept as the
+        record of it)."""
         async with self.outbox.unit() as u:
             state = await u.repo.conversation(citizen.platform, chat_id)
             draft = draft_from_json(state.get("draft")) if state else None
@@ -154,7 +156,7 @@ class TicketService:
             await u.repo.add_event(ticket.id, EventKind.created, f"citizen:{citizen.id}", {}, u.now)
             await u.repo.save_conversation(citizen.platform, chat_id, None, u.now)
             if also is not None:
-                await also(u)
+                await also(u, draft)
             locale = citizen.locale
             await u.send(
                 citizen.platform,

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -135,3 +136,44 @@ async def test_two_instances_feeding_one_draft_at_once_lose_nothing(
         state = await conn.scalar(sa.select(conversations.c.state))
     draft = state["draft"]
     assert draft["text"] == "Яма у подъезда" and [p["file_id"] for p in draft["photos"]] == ["photo1_2"]
+
+
+async def test_the_summary_kept_after_confirm_shows_what_was_filed(
+    db: Database, routing: Routing, clock: ManualClock
+) -> None:
+    """One instance takes the confirm, another a photo sent just before it: the ticket has the photo, and
+    so has the summary kept in the chat as its record."""
+    translator = Translator()
+
+    def instance() -> CitizenDialog:
+        box = Outbox(db, clock)
+        return CitizenDialog(box, TicketService(box, routing, translator), routing, translator, Limits())
+
+    first, second = instance(), instance()
+    await first.message(CitizenInput(who=WHO, text="Яма у подъезда"))
+    await first.press(WHO, "c:potholes", Ref(message_id=1))
+    await first.press(WHO, "d:skip", Ref(message_id=2))  # the summary, with its confirm button
+    read, go_on = asyncio.Event(), asyncio.Event()
+    files = first.tickets.open_ticket
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        """The first instance has read the draft and decided to file it; it files once the second
+        instance has taken the photo."""
+        read.set()
+        await go_on.wait()
+        return await files(*args, **kwargs)
+
+    first.tickets.open_ticket = held  # type: ignore[method-assign]
+    confirm = asyncio.create_task(first.press(WHO, "d:confirm", Ref(message_id=3)))
+    await asyncio.wait_for(read.wait(), 5)
+    photo = Attachment(kind=MediaKind.photo, platform=Platform.vk, file_id="photo1_2", file_unique_id="1_2")
+    await second.message(CitizenInput(who=WHO, photos=[photo]))
+    go_on.set()
+    assert await asyncio.wait_for(confirm, 5) == translator.get("ru", "toast.registered")
+
+    async with db.read() as conn:
+        payloads = list(await conn.scalars(sa.select(outbox.c.payload).order_by(outbox.c.id)))
+    (kept,) = [p for p in payloads if (p.get("edit") or {}).get("message_id") == 3]
+    assert translator.plural("ru", "dialog.photos", 1) in kept["text"]
+    async with first.outbox.read() as repo:
+        assert len(await repo.media(1, source="citizen")) == 1
