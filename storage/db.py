@@ -57,9 +57,12 @@ class Database:
         self._writer = (
             self.engine if in_memory else create_async_engine(url, pool_size=1, max_overflow=0, **kwargs)
         )
-        # On a SQLite file the writer's connection stays open between transactions (see `_writing`).
-        self._keeps_writer = self.is_sqlite and not in_memory
+        # On a SQLite file the writer's connection stays open between transactions (see `_writing`), and
+        # so do the readers' (see `_reading`).
+        self._keeps_connections = self.is_sqlite and not in_memory
         self._kept: AsyncConnection | None = None
+        self._readers: list[AsyncConnection] = []
+        self._closing = False
         self.checkpointer: Checkpointer | None = None
         if self.is_sqlite:
             for engine in {self.engine, self._writer}:
@@ -86,7 +89,7 @@ class Database:
         On a SQLite file the connection is kept from one transaction to the next: taking it from the pool
         and giving it back cost twice the BEGIN and COMMIT of an empty transaction. A transaction that
         fails lets it go, so the next one starts on a connection as fresh as the pool gives."""
-        if not self._keeps_writer:
+        if not self._keeps_connections:
             async with self._connect(self._writer) as conn:
                 await conn.execution_options(**{WRITER: True})
                 yield conn
@@ -110,7 +113,7 @@ class Database:
     async def read(self, *, offload: bool = False) -> AsyncIterator[AsyncConnection]:
         """A read-only snapshot. `offload`: reads that scan much, which on SQLite then run on the
         connection's thread rather than on the event loop (see storage/sqlite_driver.py)."""
-        async with self._connect(self.engine) as conn:
+        async with self._reading() as conn:
             if self.is_postgres:
                 # One snapshot for all the reads, as SQLite gives; a write here fails loudly.
                 await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
@@ -123,6 +126,28 @@ class Database:
                 yield conn
             finally:
                 adapted.offload = False  # type: ignore[union-attr]
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one read. On a SQLite file, connections are kept between reads, as many as
+        the pool holds, as the writer's is: taking one from the pool and giving it back cost more than
+        the read's BEGIN and ROLLBACK. The snapshot ends with the read (the ROLLBACK), so a kept
+        connection holds back no checkpoint; one that a read left in error is closed."""
+        if not self._keeps_connections:
+            async with self._connect(self.engine) as conn:
+                yield conn
+            return
+        conn = self._readers.pop() if self._readers else await self.engine.connect().start()
+        try:
+            yield conn
+            await conn.rollback()
+        except BaseException:
+            await conn.close()
+            raise
+        if self._closing or len(self._readers) >= self.engine.pool.size():  # type: ignore[attr-defined]
+            await conn.close()
+        else:
+            self._readers.append(conn)
 
     @asynccontextmanager
     async def _connect(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
@@ -140,8 +165,11 @@ class Database:
             await conn.close()
 
     async def close(self) -> None:
+        self._closing = True
         async with self._write_lock:
             await self._let_go()
+        while self._readers:
+            await self._readers.pop().close()
         if self.checkpointer is not None:
             await self.checkpointer.close()
         if self._writer is not self.engine:

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiosqlite
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -164,6 +165,36 @@ async def test_the_writer_keeps_its_connection_until_a_transaction_fails(databas
         assert [await Repository(conn).cursor(n) for n in "abcde"] == ["1", "1", "1", None, "1"]
     await db.close()
     assert db._writer.sync_engine.pool.checkedout() == 0, "closing the database gives it back"
+
+
+async def test_readers_keep_their_connections_and_each_read_is_a_snapshot_of_its_own(
+    database_url: str,
+) -> None:
+    db = Database(database_url)
+    pool = db.engine.sync_engine.pool
+    checkouts: list[int] = []
+    event.listen(pool, "checkout", lambda *_: checkouts.append(1))
+    for _ in range(3):
+        async with db.read() as conn:
+            assert await Repository(conn).cursor("a") is None
+    assert len(checkouts) == 1, "three reads, one connection taken from the pool"
+    async with db.read() as one, db.read() as two:
+        assert await Repository(one).cursor("a") is None and await Repository(two).cursor("a") is None
+    assert len(checkouts) == 2, "two reads at once, two connections"
+
+    async with db.transaction() as conn:
+        await Repository(conn).save_cursor("a", "1", NOW)
+    for _ in range(2):  # on each kept connection: the snapshot of an earlier read ended with it
+        async with db.read() as one, db.read() as two:
+            assert [await Repository(c).cursor("a") for c in (one, two)] == ["1", "1"]
+    assert len(checkouts) == 2
+
+    with pytest.raises(OperationalError):
+        async with db.read() as conn:
+            await conn.execute(sa.text("SELECT * FROM nowhere"))
+    assert pool.checkedout() == 1, "a read that failed closed its connection"
+    await db.close()
+    assert pool.checkedout() == 0, "closing the database gives the kept ones back"
 
 
 async def test_commits_leave_the_checkpoint_to_the_checkpointer(database_url: str, db: Database) -> None:
