@@ -28,12 +28,15 @@ from aiogram.types import (
     ForceReply,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    InputFile,
     InputMediaPhoto,
     LinkPreviewOptions,
     MediaUnion,
     Message,
     ReplyParameters,
 )
+from aiohttp import FormData
+from aiohttp.payload import BytesPayload, Payload
 
 from bot.domain import Attachment, MediaKind, Platform
 from bot.messages import Outgoing
@@ -80,6 +83,20 @@ class TelegramSession(AiohttpSession):
         super().__init__(**kwargs)
         self._responses: dict[Any, type[Response[Any]]] = {}
 
+    def build_form_data(self, bot: Bot, method: TelegramMethod[Any]) -> FormData:
+        """A call without files goes as one JSON object, which the Bot API takes as it takes a form:
+        URL-encoding a form percent-encodes a message's text byte by byte in Python, two and a half
+        times the cost of the JSON. A call with files goes as aiogram sends it, a multipart form."""
+        files: dict[str, InputFile] = {}
+        fields: dict[str, Any] = {}
+        for key, value in method.model_dump(warnings=False).items():
+            prepared = self.prepare_value(value, bot=bot, files=files, _dumps_json=False)
+            if prepared is not None and prepared != "":  # what the form leaves out
+                fields[key] = prepared
+        if files:
+            return super().build_form_data(bot, method)
+        return _JsonBody(self.json_dumps(fields))
+
     def check_response(
         self, bot: Bot, method: TelegramMethod[T], status_code: int, content: str
     ) -> Response[T]:
@@ -94,6 +111,17 @@ class TelegramSession(AiohttpSession):
         if returning not in self._responses:
             self._responses[returning] = Response[returning]  # type: ignore[valid-type]
         return super().check_response(bot, method, status_code, content)
+
+
+class _JsonBody(FormData):
+    """A call's fields as the JSON body aiohttp posts in place of a form."""
+
+    def __init__(self, body: str) -> None:
+        super().__init__()
+        self._body = body.encode()
+
+    def __call__(self) -> Payload:
+        return BytesPayload(self._body, content_type="application/json")
 
 
 def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
