@@ -32,6 +32,7 @@ from storage.schema import (
     ticket_media,
     tickets,
 )
+from storage.sqlite_driver import statements
 
 # The worker records a permanent failure as "<reason>: <detail>"; these reasons mean the chat itself is
 # out of reach (as opposed to one message being wrong).
@@ -82,7 +83,7 @@ _PER_DIALECT: dict[tuple[str, str], Any] = {}
 
 class Repository:
     def __init__(self, conn: AsyncConnection) -> None:
-        self.conn = conn
+        self.conn = statements(conn)
 
     def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
         """An INSERT with this database's ON CONFLICT clauses."""

@@ -16,7 +16,10 @@ So here:
 - the one slow part of committing, the checkpoint that copies the log into the database file and syncs
   it, is switched off on these connections (`wal_autocheckpoint=0`) and done off the loop by
   `Checkpointer`, on the connection's thread;
-- reads known to scan much go to the thread too (`Database.read(offload=True)`).
+- reads known to scan much go to the thread too (`Database.read(offload=True)`);
+- as nothing else waits, the repository runs statements through SQLAlchemy's synchronous API
+  (`OnTheLoop`): the greenlet its asyncio API hops into for each statement, so that a driver may
+  await, costs as much as the rest of a point query.
 
 Server-side cursors stay SQLAlchemy's own. The aiosqlite connection is used through `_execute` and
 `_conn`, as SQLAlchemy's own adapter does.
@@ -39,9 +42,11 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import CursorResult, ScalarResult
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.expression import Executable
 from sqlalchemy.util import EMPTY_DICT
-from sqlalchemy.util.concurrency import await_
+from sqlalchemy.util.concurrency import await_, in_greenlet
 
 log = logging.getLogger(__name__)
 
@@ -134,27 +139,36 @@ class LoopCursor(AsyncAdapt_aiosqlite_cursor):
 
     def execute(self, operation: Any, parameters: Any = None) -> Any:
         parameters = () if parameters is None else parameters
-        if operation.startswith(BEGIN_IMMEDIATE):
-            run = self._waiting
-        elif self._adapt_connection.offload:  # type: ignore[attr-defined]
-            run = self._on_thread
-        else:
-            run = self._at_once
         try:
-            outcome = await_(run(_run, operation, parameters))
+            if operation.startswith(BEGIN_IMMEDIATE):
+                outcome = await_(self._waiting(_run, operation, parameters))
+            elif self._adapt_connection.offload:  # type: ignore[attr-defined]
+                outcome = await_(self._on_thread(_run, operation, parameters))
+            else:
+                outcome = self._here(_run, operation, parameters)
         except Exception as error:
             self._adapt_connection._handle_exception(error)
         self._keep(outcome)
 
     def executemany(self, operation: Any, seq_of_parameters: Sequence[Any]) -> Any:
         try:
-            outcome = await_(self._at_once(_run_many, operation, seq_of_parameters))
+            outcome = self._here(_run_many, operation, seq_of_parameters)
         except Exception as error:
             self._adapt_connection._handle_exception(error)
         self._keep(outcome)
 
-    # Both are awaited from SQLAlchemy's greenlet (it insists that a statement awaits something); a
-    # coroutine that never suspends is run to its end by that await, without a turn of the loop.
+    def _here(self, run: Run, operation: str, parameters: Any) -> Outcome:
+        """The statement on the loop. Through SQLAlchemy's asyncio API it runs in SQLAlchemy's greenlet,
+        which insists that a statement awaits something: a coroutine that never suspends is run to its
+        end by that await, without a turn of the loop. Through the synchronous API (`on_the_loop`) it
+        runs as it is, no greenlet around it."""
+        if in_greenlet():
+            return await_(self._at_once(run, operation, parameters))
+        if self._adapt_connection._execute_mutex.locked():
+            # Only a statement on the connection's thread holds it, and one task at a time uses a
+            # connection, awaiting each statement before the next.
+            raise RuntimeError("an SQLite connection used by two tasks at once")
+        return run(self._connection._conn, operation, parameters)
 
     async def _at_once(self, run: Run, operation: str, parameters: Any) -> Outcome:
         async with self._adapt_connection._execute_mutex:
@@ -227,6 +241,64 @@ class LoopDBAPI(AsyncAdapt_aiosqlite_dbapi):
         # Commits never checkpoint on the loop; the Checkpointer does it on a thread.
         _run(adapted._connection._conn, "PRAGMA wal_autocheckpoint=0", ())
         return adapted
+
+
+# What a statement gives back, whatever its columns.
+AnyResult = CursorResult[*tuple[Any, ...]]
+
+
+class Statements:
+    """Where the repository runs its statements: SQLAlchemy's asyncio API, whose every call hops into a
+    greenlet in which the driver may await (PostgreSQL's asyncpg does)."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self.dialect = conn.dialect
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> AnyResult:
+        return await self.conn.execute(statement, parameters)
+
+    async def scalar(self, statement: Executable, parameters: Any = None) -> Any:
+        return await self.conn.scalar(statement, parameters)
+
+    async def scalars(self, statement: Executable, parameters: Any = None) -> ScalarResult[Any]:
+        return await self.conn.scalars(statement, parameters)
+
+
+class OnTheLoop(Statements):
+    """Statements on one of our SQLite connections go through SQLAlchemy's synchronous API: they run
+    on the loop and never wait (`LoopCursor`), so the greenlet the asyncio API hops into for each,
+    half the cost of a point query, would be there for nothing. While the connection's reads are sent
+    to its thread (`offload`), they are awaited through the asyncio API as before."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        super().__init__(conn)
+        sync = conn.sync_connection
+        assert sync is not None, "a started connection"
+        self.sync = sync
+        self.driver: LoopConnection = sync.connection.dbapi_connection  # type: ignore[assignment]
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> AnyResult:
+        if self.driver.offload:
+            return await super().execute(statement, parameters)
+        return self.sync.execute(statement, parameters)
+
+    async def scalar(self, statement: Executable, parameters: Any = None) -> Any:
+        if self.driver.offload:
+            return await super().scalar(statement, parameters)
+        return self.sync.scalar(statement, parameters)
+
+    async def scalars(self, statement: Executable, parameters: Any = None) -> ScalarResult[Any]:
+        if self.driver.offload:
+            return await super().scalars(statement, parameters)
+        return self.sync.scalars(statement, parameters)
+
+
+def statements(conn: AsyncConnection) -> Statements:
+    """The way to run statements on `conn`: on the loop if its driver is ours."""
+    return (
+        OnTheLoop(conn) if isinstance(conn.sync_engine.dialect.loaded_dbapi, LoopDBAPI) else Statements(conn)
+    )
 
 
 class Checkpointer:

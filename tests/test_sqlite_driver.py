@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import engine as async_engine
 
 from bot.domain import Platform
 from storage.db import Database
@@ -195,6 +196,35 @@ async def test_readers_keep_their_connections_and_each_read_is_a_snapshot_of_its
     assert pool.checkedout() == 1, "a read that failed closed its connection"
     await db.close()
     assert pool.checkedout() == 0, "closing the database gives the kept ones back"
+
+
+async def test_the_repository_runs_statements_on_the_loop_without_a_greenlet(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy's asyncio API hops into a greenlet for every statement; ours never wait, and go through
+    the synchronous API instead. Reads sent to the connection's thread still await it."""
+    spawned: list[object] = []
+    spawn = async_engine.greenlet_spawn
+
+    def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        spawned.append(fn)
+        return spawn(fn, *args, **kwargs)
+
+    monkeypatch.setattr(async_engine, "greenlet_spawn", counted)
+    async with db.transaction() as conn:
+        spawned.clear()
+        repo = Repository(conn)
+        await repo.save_cursor("a", "1", NOW)
+        assert await repo.cursor("a") == "1"
+        assert spawned == []
+    async with db.read() as conn:
+        spawned.clear()
+        assert await Repository(conn).cursor("a") == "1"
+        assert spawned == []
+    async with db.read(offload=True) as conn:
+        spawned.clear()
+        assert await Repository(conn).cursor("a") == "1"
+        assert spawned != []
 
 
 async def test_commits_leave_the_checkpoint_to_the_checkpointer(database_url: str, db: Database) -> None:
