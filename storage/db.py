@@ -71,12 +71,16 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write_lock, self._writing() as conn, conn.begin():
-            if self.is_postgres:
-                # Taken first, so each statement after it (READ COMMITTED) sees every earlier write:
-                # the same one-writer-at-a-time world as SQLite's BEGIN IMMEDIATE.
-                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
-            yield conn
+        async with self._write_lock, self._writing() as conn:
+            if self.is_sqlite:
+                async with _sqlite_transaction(conn):
+                    yield conn
+            else:
+                async with conn.begin():
+                    # Taken first, so each statement after it (READ COMMITTED) sees every earlier
+                    # write: the same one-writer-at-a-time world as SQLite's BEGIN IMMEDIATE.
+                    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
+                    yield conn
         if self.checkpointer is not None:
             self.checkpointer.wrote()
 
@@ -140,7 +144,9 @@ class Database:
         conn = self._readers.pop() if self._readers else await self.engine.connect().start()
         try:
             yield conn
-            await conn.rollback()
+            # On the loop, as the read's statements ran (storage/sqlite_driver.py).
+            assert conn.sync_connection is not None
+            conn.sync_connection.rollback()
         except BaseException:
             await conn.close()
             raise
@@ -175,6 +181,22 @@ class Database:
         if self._writer is not self.engine:
             await self._writer.dispose()
         await self.engine.dispose()
+
+
+@asynccontextmanager
+async def _sqlite_transaction(conn: AsyncConnection) -> AsyncIterator[None]:
+    """BEGIN IMMEDIATE through SQLAlchemy's asyncio API, as it may have to wait on the connection's
+    thread for another process's write lock; COMMIT or ROLLBACK on the loop through the synchronous
+    API, as the statements ran (storage/sqlite_driver.py)."""
+    await conn.begin()
+    sync = conn.sync_connection
+    assert sync is not None
+    try:
+        yield
+    except BaseException:
+        sync.rollback()
+        raise
+    sync.commit()
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
