@@ -36,7 +36,7 @@ from bot.tickets import TicketService
 
 log = logging.getLogger(__name__)
 
-# The kind of content a file over the download limit is (`CitizenInput.unsupported` and `.skipped`).
+# The kind of content a file over the download limit is (in `CitizenInput.skipped`).
 FILE_TOO_BIG = "file_too_big"
 NUMBER = re.compile(r"^\s*#?[A-Za-z]{0,8}(\d{1,12})\s*$")
 
@@ -57,11 +57,20 @@ class CitizenInput:
     photos: list[Attachment] = field(default_factory=list)
     location: Location | None = None
     reply_to: int | None = None
-    # What kind of unsupported content arrived ("sticker", "voice", ...), if any: nothing is taken.
-    unsupported: str | None = None
-    # The kinds of the parts of an album that could not be taken ("video", FILE_TOO_BIG, ...) while
-    # the rest was: the citizen is told which.
+    # The kinds of what came and cannot be taken ("sticker", "video", FILE_TOO_BIG, ...), each part of
+    # an album, attachment or forwarded message judged on its own.
     skipped: list[str] = field(default_factory=list)
+
+    @property
+    def refused(self) -> str | None:
+        """Why nothing of the message can be taken, or None when something can: then the rest is taken
+        and the citizen told which kinds were not (`skipped`). One rule for every platform: a file over
+        the limit is named first, being what the citizen meant to give and can send again smaller."""
+        if self.text or self.photos or self.location is not None:
+            return None
+        if FILE_TOO_BIG in self.skipped:
+            return FILE_TOO_BIG
+        return self.skipped[0] if self.skipped else "empty"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +143,11 @@ class CitizenDialog:
 
     async def _message(self, incoming: CitizenInput, citizen: Citizen) -> None:
         who = incoming.who
-        if incoming.unsupported == FILE_TOO_BIG:
+        refused = incoming.refused
+        if refused == FILE_TOO_BIG:
             await self._say(who, citizen, "dialog.file_too_big")
             return
-        if incoming.unsupported:
+        if refused:
             await self._say(who, citizen, "dialog.unsupported")
             return
         if len(incoming.text) > self.limits.max_text:

@@ -483,6 +483,17 @@ async def test_unsupported_content_gets_a_clear_answer_and_files_nothing(world: 
     assert await world.ticket_count() == 0
 
 
+async def test_a_video_with_words_keeps_the_words_and_says_the_video_was_not_taken(world: World) -> None:
+    """As on VK: what can be taken of a message is, whatever came with it."""
+    tg = world.tg
+    await tg.send_video(ALICE, caption="Яма у дома 7, видео с места")
+    await world.says_key(ALICE, "ru", "dialog.skipped_parts", items=world.t.get("ru", "dialog.part_video"))
+    await tg.press(ALICE, await world.last_buttons_message(ALICE, "c:"), "c:potholes")
+    await tg.press(ALICE, await world.last_buttons_message(ALICE, "d:skip"), "d:skip")
+    summary = await world.last_buttons_message(ALICE, "d:confirm")
+    assert "Яма у дома 7, видео с места" in summary["text"]
+
+
 async def _ticket(world: World, number: int):  # type: ignore[no-untyped-def]
     async with world.app.outbox.read() as repo:
         ticket = await repo.ticket_by_number(number)
@@ -717,6 +728,9 @@ async def test_an_album_keeps_what_it_can_and_says_what_it_could_not_take(world:
     # Nothing in it can be taken: the usual answer, and no report begins.
     await tg.send_mixed_album(ALICE, ["video", "audio"])
     await world.says_key(ALICE, "ru", "dialog.unsupported")
+    # A file over the limit is named first, as on VK: the citizen can send it again, smaller.
+    await tg.send_mixed_album(ALICE, ["video", "big_document"])
+    await world.says_key(ALICE, "ru", "dialog.file_too_big")
     await world.handled_all()
     assert not [m for m in tg.bot_messages(ALICE) if "Не добавлено" in (m.get("text") or "")]
 

@@ -51,10 +51,8 @@ def citizen_router(album_wait: float) -> Router:
         location = (
             Location(message.location.latitude, message.location.longitude) if message.location else None
         )
-        # Each part of an album is judged on its own: what can be taken is, and the citizen is told what
-        # was not; only when nothing can be taken is the whole refused.
-        refused = [kind for part in parts if (kind := _unsupported(part)) is not None]
-        whole = bool(refused) and len(refused) == len(parts)
+        # Each part of an album is judged on its own, its caption apart from its file: what can be taken
+        # is, and the dialog says what was not (or, if nothing could be, why).
         reply = message.reply_to_message
         await dialog.message(
             CitizenInput(
@@ -63,8 +61,7 @@ def citizen_router(album_wait: float) -> Router:
                 photos=photos(parts),
                 location=location,
                 reply_to=reply.message_id if reply else None,
-                unsupported=_refusal(refused) if whole else None,
-                skipped=[] if whole else refused,
+                skipped=[kind for part in parts if (kind := _unsupported(part)) is not None],
             )
         )
 
@@ -98,16 +95,13 @@ def citizen_router(album_wait: float) -> Router:
 
 
 def _unsupported(message: Message) -> str | None:
-    """Why this message (one part of an album, or the whole of a single message) cannot be taken, or
-    None if it can."""
+    """The kind of what this message (one part of an album, or the whole of a single message) brings
+    and cannot be taken, its caption aside, or None if there is no such thing."""
     if document_too_big(message):
         return FILE_TOO_BIG
     if message.location or message.text or message.photo or message.document:
         return None
-    return unsupported_kind(message) or "unknown"
-
-
-def _refusal(kinds: list[str]) -> str:
-    """The answer to content none of which can be taken: "file too big" if that is all it was."""
-    others = [kind for kind in kinds if kind != FILE_TOO_BIG]
-    return others[0] if others else FILE_TOO_BIG
+    kind = unsupported_kind(message)
+    if kind is None and message.caption:
+        return None
+    return kind or "unknown"

@@ -73,23 +73,15 @@ def citizen_labeler(dialog: CitizenDialog, limiter: RateLimiter | None = None) -
         location = (
             Location(geo.coordinates.latitude, geo.coordinates.longitude) if geo and geo.coordinates else None
         )
-        text = "\n".join(part for part in (text, content.text) if part)
-        unsupported = None
-        skipped = content.skipped
-        if not text and not content.files and location is None:
-            # Nothing to take: say why (a file too big, or what kind of thing came).
-            unsupported = FILE_TOO_BIG if FILE_TOO_BIG in skipped else (skipped or ["empty"])[0]
-            skipped = []
         reply = message.reply_message
         await dialog.message(
             CitizenInput(
                 who=who,
-                text=text,
+                text="\n".join(part for part in (text, content.text) if part),
                 photos=content.files,
                 location=location,
                 reply_to=reply.id if reply and reply.id else None,
-                unsupported=unsupported,
-                skipped=skipped,
+                skipped=content.skipped,
             )
         )
 
