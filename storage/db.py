@@ -62,6 +62,10 @@ class Database:
         self._keeps_connections = self.is_sqlite and not in_memory
         self._kept: AsyncConnection | None = None
         self._readers: list[AsyncConnection] = []
+        # One fewer than the pool holds, so the others (the checkpointer) still find one waiting there.
+        self._readers_kept = 0
+        if self._keeps_connections:
+            self._readers_kept = max(1, self.engine.pool.size() - 1)  # type: ignore[attr-defined]
         self._closing = False
         self.checkpointer: Checkpointer | None = None
         if self.is_sqlite:
@@ -133,8 +137,8 @@ class Database:
 
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for one read. On a SQLite file, connections are kept between reads, as many as
-        the pool holds, as the writer's is: taking one from the pool and giving it back cost more than
+        """A connection for one read. On a SQLite file, connections are kept between reads (one fewer
+        than the pool holds), as the writer's is: taking one from the pool and giving it back cost more than
         the read's BEGIN and ROLLBACK. The snapshot ends with the read (the ROLLBACK), so a kept
         connection holds back no checkpoint; one that a read left in error is closed."""
         if not self._keeps_connections:
@@ -150,7 +154,7 @@ class Database:
         except BaseException:
             await conn.close()
             raise
-        if self._closing or len(self._readers) >= self.engine.pool.size():  # type: ignore[attr-defined]
+        if self._closing or len(self._readers) >= self._readers_kept:
             await conn.close()
         else:
             self._readers.append(conn)
