@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pydantic._internal._generics as pydantic_generics
@@ -46,6 +48,22 @@ MESSAGE = {"message_id": 1, "date": 0, "chat": {"id": 1, "type": "private"}, "te
 
 async def _no_fetch(_: object) -> bytes:
     raise AssertionError("nothing to fetch")
+
+
+@asynccontextmanager
+async def messenger_on(
+    api: Callable[[web.Request], Awaitable[web.Response]],
+    fetch: Callable[[Attachment], Awaitable[bytes]] = _no_fetch,
+) -> AsyncIterator[TelegramMessenger]:
+    """The messenger, with its own session, on a Bot API that `api` answers."""
+    app = web.Application()
+    app.router.add_route("POST", "/bot{token}/{method}", api)
+    async with TestServer(app, host="127.0.0.1") as server:
+        session = TelegramSession(api=TelegramAPIServer.from_base(str(server.make_url(""))))
+        try:
+            yield TelegramMessenger(Bot(TOKEN, session=session), fetch=fetch)
+        finally:
+            await session.close()
 
 
 async def test_the_session_builds_a_response_model_once_per_result_type(
@@ -109,24 +127,17 @@ async def test_the_messenger_reads_only_the_ids_of_what_it_sends(monkeypatch: py
         return aiogram_check(self, bot, method, status_code, content)
 
     monkeypatch.setattr(AiohttpSession, "check_response", check)
-    app = web.Application()
-    app.router.add_route("POST", "/bot{token}/{method}", api)
-    async with TestServer(app, host="127.0.0.1") as server:
-        session = TelegramSession(api=TelegramAPIServer.from_base(str(server.make_url(""))))
-        bot = Bot(TOKEN, session=session)
-        messenger = TelegramMessenger(bot, fetch=_no_fetch)
-        try:
-            assert await messenger.send(1, Outgoing("hello"), None) == [41]
-            album = [Attachment(MediaKind.photo, Platform.telegram, f"photo-{n}") for n in range(2)]
-            assert await messenger.send(1, Outgoing("", photos=album), None) == [42, 43]
-            assert checked == []
-            with pytest.raises(PermanentError, match="message to edit not found"):
-                await messenger.edit(1, 41, Outgoing("again"))
-            assert checked == ["editMessageText"]
-            sent = await bot.send_message(1, "hello")
-            assert isinstance(sent, Message) and sent.text == "hi" and sent.chat.id == 1
-        finally:
-            await session.close()
+    async with messenger_on(api) as messenger:
+        bot = messenger.bot
+        assert await messenger.send(1, Outgoing("hello"), None) == [41]
+        album = [Attachment(MediaKind.photo, Platform.telegram, f"photo-{n}") for n in range(2)]
+        assert await messenger.send(1, Outgoing("", photos=album), None) == [42, 43]
+        assert checked == []
+        with pytest.raises(PermanentError, match="message to edit not found"):
+            await messenger.edit(1, 41, Outgoing("again"))
+        assert checked == ["editMessageText"]
+        sent = await bot.send_message(1, "hello")
+        assert isinstance(sent, Message) and sent.text == "hi" and sent.chat.id == 1
 
 
 async def test_calls_without_files_go_as_json_and_uploads_as_multipart() -> None:
@@ -146,20 +157,13 @@ async def test_calls_without_files_go_as_json_and_uploads_as_multipart() -> None
     async def photo_bytes(_: Attachment) -> bytes:
         return b"\xff\xd8 a photo"
 
-    app = web.Application()
-    app.router.add_route("POST", "/bot{token}/{method}", api)
-    async with TestServer(app, host="127.0.0.1") as server:
-        session = TelegramSession(api=TelegramAPIServer.from_base(str(server.make_url(""))))
-        bot = Bot(TOKEN, session=session)
-        messenger = TelegramMessenger(bot, fetch=photo_bytes)
-        try:
-            text = "Яма у школы № 5 & <b>глубокая</b> 100%"
-            buttons = [[Button("Взять", "t:take:1:new")]]
-            await messenger.send(-100, Outgoing(text, buttons=buttons), None)
-            from_vk = Attachment(MediaKind.photo, Platform.vk, "photo1_2", url="https://vk.example/1.jpg")
-            await messenger.send(-100, Outgoing("", photos=[from_vk]), None)
-        finally:
-            await session.close()
+    async with messenger_on(api, fetch=photo_bytes) as messenger:
+        text = "Яма у школы № 5 & <b>глубокая</b> 100%"
+        buttons = [[Button("Взять", "t:take:1:new")]]
+        await messenger.send(-100, Outgoing(text, buttons=buttons), None)
+        from_vk = Attachment(MediaKind.photo, Platform.vk, "photo1_2", url="https://vk.example/1.jpg")
+        await messenger.send(-100, Outgoing("", photos=[from_vk]), None)
+
     (send_method, send_type, send), (photo_method, photo_type, photo) = seen
     assert (send_method, send_type) == ("sendMessage", "application/json")
     assert send["chat_id"] == -100 and send["text"] == text
