@@ -20,7 +20,7 @@ URL_TOKENS = (
 )
 # The password in a URL's `user:password@`. A password of a few letters, remembered as a secret, would
 # blank those letters in every word of every line; in its URL it is hidden whatever its length.
-URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s:/@'\"<>]*:)[^\s@'\"<>]+(?=@)")
+URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s:/@'\"<>]*:)[^\s/@'\"<>]+(?=@)")
 
 _secrets: tuple[str, ...] = ()
 

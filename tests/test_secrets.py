@@ -60,14 +60,14 @@ def test_the_password_in_a_database_or_redis_url_is_hidden_whatever_its_length()
     try:
         logger.warning("no answer from %s", "postgresql+asyncpg://civic:pw@db.local:5432/civic")
         logger.warning("no answer from %s", "redis://:pw@cache:6379/0")
-        logger.warning("pw, http://pw@host/ and 12:30 are not passwords")
+        logger.warning("pw, http://pw@host/, https://host:443/a@b and 12:30 are not passwords")
     finally:
         logger.removeHandler(handler)
         logger.propagate = True
     assert written.getvalue().splitlines() == [
         "no answer from postgresql+asyncpg://civic:***@db.local:5432/civic",
         "no answer from redis://:***@cache:6379/0",
-        "pw, http://pw@host/ and 12:30 are not passwords",
+        "pw, http://pw@host/, https://host:443/a@b and 12:30 are not passwords",
     ]
 
 
