@@ -1,7 +1,8 @@
 """The baseline for the intake benchmark: a bare aiogram echo bot, no storage, standard long polling.
 
 Run as `python -m bench.echo_bot` with TELEGRAM_BOT_TOKEN and TELEGRAM_API_URL set; it answers every
-text message with the same text. Logging is at INFO like the bot's, so both pay for aiogram's
+text message with the same text, `ECHO_ANSWERS` times (1 unless set: 2 makes two Bot API calls per
+update, as the bot does). Logging is at INFO like the bot's, so both pay for aiogram's
 "Update id=... is handled" line.
 """
 
@@ -24,10 +25,12 @@ async def main() -> None:
     session = AiohttpSession(api=TelegramAPIServer.from_base(os.environ["TELEGRAM_API_URL"]))
     bot = Bot(os.environ["TELEGRAM_BOT_TOKEN"], session=session)
     dispatcher = Dispatcher()
+    answers = int(os.environ.get("ECHO_ANSWERS", "1"))
 
     @dispatcher.message()
     async def echo(message: Message) -> None:
-        await message.answer(message.text or "…")
+        for _ in range(answers):
+            await message.answer(message.text or "…")
 
     await dispatcher.start_polling(bot, polling_timeout=int(os.environ.get("TELEGRAM_POLLING_TIMEOUT", "10")))
 

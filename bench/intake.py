@@ -186,11 +186,15 @@ def _add_people(tg: BenchTelegram, first: int, count: int) -> list[int]:
     return people
 
 
-async def run_echo(workdir: Path, users: int, steady_updates_per_s: float) -> tuple[Load, Load]:
-    """The closed loop, then the steady load at the given pace of updates."""
+async def run_echo(
+    workdir: Path, users: int, steady_updates_per_s: float | None, answers: int = 1
+) -> tuple[Load, Load | None]:
+    """The closed loop, then (unless `steady_updates_per_s` is None) the steady load at that pace of
+    updates. `answers`: how many times the echo bot answers each message."""
     async with BenchTelegram() as tg:
-        env = bot_env(workdir, tg.base_url, workdir / "unused.db")
-        echo = Process("echo_bot", [sys.executable, "-m", "bench.echo_bot"], env, workdir)
+        env = bot_env(workdir, tg.base_url, workdir / "unused.db", echo_answers=answers)
+        name = "echo_bot" if answers == 1 else f"echo_bot_x{answers}"
+        echo = Process(name, [sys.executable, "-m", "bench.echo_bot"], env, workdir)
         try:
             await echo.start(tg)
             warm = _add_people(tg, 3_000_000, WARM_UP)
@@ -200,7 +204,9 @@ async def run_echo(workdir: Path, users: int, steady_updates_per_s: float) -> tu
             cpu, calls = echo.cpu_seconds(), len(tg.requests)
             load = await _crowd(people, lambda load, uid: echo_exchange(tg, load, uid, STEPS_PER_REPORT))
             load.cpu_seconds = echo.cpu_seconds() - cpu
-            load.api_calls = Counter(name for name, _ in tg.requests[calls:])
+            load.api_calls = Counter(method for method, _ in tg.requests[calls:])
+            if steady_updates_per_s is None:
+                return load, None
             users_per_s = steady_updates_per_s / STEPS_PER_REPORT
             steady = await _measured(
                 echo,
@@ -285,6 +291,8 @@ async def run(workdir: Path, citizens: int) -> Section:
     measured = await run_intake(workdir, citizens)
     intake, steady, memory = measured.closed, measured.steady, measured.memory
     echo, echo_steady = await run_echo(workdir, citizens, measured.steady_rate * STEPS_PER_REPORT)
+    assert echo_steady is not None
+    twice, _ = await run_echo(workdir, citizens, None, answers=2)
     reports_per_s = intake.completed / intake.span
     intake_updates_per_s = intake.completed * STEPS_PER_REPORT / intake.span
     echo_updates_per_s = echo.updates / echo.span
@@ -311,6 +319,21 @@ async def run(workdir: Path, citizens: int) -> Section:
     section.add(
         "echo bot's Bot API calls per update, getUpdates aside", echo.calls_per_update(echo.updates), ""
     )
+    twice_updates_per_s = twice.updates / twice.span
+    section.add("echo bot answering twice: updates/s", twice_updates_per_s, "1/s")
+    section.add(
+        "echo bot answering twice: CPU per update", twice.cpu_seconds / max(twice.updates, 1) * ms, "ms"
+    )
+    section.add(
+        "echo bot answering twice: Bot API calls per update, getUpdates aside",
+        twice.calls_per_update(twice.updates),
+        "",
+    )
+    section.add("intake / echo answering twice (updates/s)", intake_updates_per_s / twice_updates_per_s, "×")
+    section.notes.append(
+        "The bot makes two Bot API calls per update; the echo bot answering each message twice (two "
+        "sendMessage calls, the person going on at the first) shows what the second call alone costs."
+    )
     section.notes.append(
         "Closed loop: every citizen (and every echo user) sends the next update as soon as the bot "
         "answered the previous one; all start together. Rate limits and the hourly report limit off; "
@@ -332,6 +355,13 @@ async def run(workdir: Path, citizens: int) -> Section:
             "failed": echo.failed[:20],
             "cpu_seconds": echo.cpu_seconds,
             "api_calls": dict(echo.api_calls),
+        },
+        "echo_answering_twice": {
+            "updates": twice.updates,
+            "seconds": twice.span,
+            "failed": twice.failed[:20],
+            "cpu_seconds": twice.cpu_seconds,
+            "api_calls": dict(twice.api_calls),
         },
         "bot_memory_kib": memory,
         "steady": {
@@ -380,6 +410,7 @@ async def run(workdir: Path, citizens: int) -> Section:
     failures = {
         "intake": intake.failed,
         "echo": echo.failed,
+        "echo answering twice": twice.failed,
         "steady intake": steady.failed,
         "steady echo": echo_steady.failed,
     }
