@@ -228,14 +228,7 @@ def _take(content: Content, attachments: Sequence[MessagesMessageAttachment], te
 
 def _photo(photo: PhotosPhoto) -> Attachment:
     largest = max(photo.sizes or [], key=lambda s: (s.width or 0) * (s.height or 0))
-    key = f"_{photo.access_key}" if photo.access_key else ""
-    return Attachment(
-        kind=MediaKind.photo,
-        platform=Platform.vk,
-        file_id=f"photo{photo.owner_id}_{photo.id}{key}",
-        file_unique_id=f"{photo.owner_id}_{photo.id}",
-        url=str(largest.url or ""),
-    )
+    return _attachment(MediaKind.photo, "photo", photo.owner_id, photo.id, photo.access_key, largest.url)
 
 
 def _document(doc: DocsDoc) -> Attachment:
@@ -245,12 +238,26 @@ def _document(doc: DocsDoc) -> Attachment:
     name = (doc.title or "").strip() or "document"
     if ext and not name.lower().endswith(f".{ext}"):
         name = f"{name}.{ext}"
-    key = f"_{doc.access_key}" if doc.access_key else ""
+    return _attachment(MediaKind.document, "doc", doc.owner_id, doc.id, doc.access_key, doc.url, name)
+
+
+def _attachment(
+    kind: MediaKind,
+    vk_type: str,
+    owner_id: int | None,
+    item_id: int | None,
+    access_key: str | None,
+    url: object,
+    name: str = "",
+) -> Attachment:
+    """A VK file by its attachment string (`<type><owner>_<id>[_<access key>]`), which sends it again on
+    VK, and its URL, which fetches it for Telegram."""
+    key = f"_{access_key}" if access_key else ""
     return Attachment(
-        kind=MediaKind.document,
+        kind=kind,
         platform=Platform.vk,
-        file_id=f"doc{doc.owner_id}_{doc.id}{key}",
-        file_unique_id=f"{doc.owner_id}_{doc.id}",
-        url=str(doc.url or ""),
+        file_id=f"{vk_type}{owner_id}_{item_id}{key}",
+        file_unique_id=f"{owner_id}_{item_id}",
+        url=str(url or ""),
         name=name,
     )
