@@ -3,12 +3,15 @@
 Two backends run the same code and the same migrations: SQLite (one file, the default) and PostgreSQL
 (`postgresql+asyncpg://...`). Either way write transactions take turns, so every write sees everything
 committed before it and the code needs no retries: SQLite has one writer by design, and on PostgreSQL
-each write transaction first takes one transaction-scoped advisory lock, held until it commits.
+each write transaction first takes one transaction-scoped advisory lock, held until it commits. On a
+SQLite file, write transactions that run side by side also share one commit (see `Database._grouped`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from storage.sqlite_driver import Checkpointer, LoopDBAPI
+from storage.sqlite_driver import Checkpointer, LoopConnection, LoopDBAPI
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The PostgreSQL advisory lock that write transactions (and migrations) take in turn; any constant unique
@@ -29,6 +32,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE_LOCK_KEY = 0x436976696344736B
 # The execution option that marks a connection opened by `Database.transaction`.
 WRITER = "civicdesk_writer"
+# At most this many write transactions share a commit.
+GROUP_LIMIT = 64
 
 
 class Database:
@@ -57,7 +62,7 @@ class Database:
         self._writer = (
             self.engine if in_memory else create_async_engine(url, pool_size=1, max_overflow=0, **kwargs)
         )
-        # On a SQLite file the writer's connection stays open between transactions (see `_writing`), and
+        # On a SQLite file the writer's connection stays open between transactions (see `_open_group`), and
         # so do the readers' (see `_reading`).
         self._keeps_connections = self.is_sqlite and not in_memory
         self._kept: AsyncConnection | None = None
@@ -67,6 +72,9 @@ class Database:
         if self._keeps_connections:
             self._readers_kept = max(1, self.engine.pool.size() - 1)  # type: ignore[attr-defined]
         self._closing = False
+        # The write transactions sharing one commit (see `_grouped`), and the task that will commit them.
+        self._group: _Group | None = None
+        self._committer: asyncio.Task[None] | None = None
         self.checkpointer: Checkpointer | None = None
         if self.is_sqlite:
             for engine in {self.engine, self._writer}:
@@ -75,6 +83,10 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        if self._keeps_connections:
+            async with self._grouped() as conn:
+                yield conn
+            return
         async with self._write_lock, self._writing() as conn:
             if self.is_sqlite:
                 async with _sqlite_transaction(conn):
@@ -89,28 +101,110 @@ class Database:
             self.checkpointer.wrote()
 
     @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[AsyncConnection]:
-        """The connection for one write transaction, marked as the writer's: only a writer asks SQLite for
-        the write lock up front (see _configure_sqlite); reads begin deferred, so they never queue behind
-        a writer for a snapshot.
+    async def _grouped(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on a SQLite file, committed together with those that run just before and
+        after it (group commit). They run in turn as ever, each in a savepoint of one transaction they
+        share, and each returns once that transaction is committed. The commit waits until the tasks
+        ready to run have had their turn, and what of them writes joins it: a batch of updates handled
+        side by side pays for BEGIN, COMMIT and the log pages they all touch once.
 
-        On a SQLite file the connection is kept from one transaction to the next: taking it from the pool
-        and giving it back cost twice the BEGIN and COMMIT of an empty transaction. A transaction that
-        fails lets it go, so the next one starts on a connection as fresh as the pool gives."""
-        if not self._keeps_connections:
-            async with self._connect(self._writer) as conn:
-                await conn.execution_options(**{WRITER: True})
-                yield conn
-            return
+        A transaction that fails is undone alone (its savepoint) and the others' work is committed
+        before its error goes on, so a retry sees everything before it. An error that ends SQLite's whole
+        transaction (a full disk, say) fails them all, as it would each of them alone."""
+        await self._write_lock.acquire()
+        try:
+            group = self._group or await self._open_group()
+            group.size += 1
+            savepoint = f"w{group.size}"
+            if not await self._on_driver(group, f"SAVEPOINT {savepoint}"):
+                await group.committed  # raises the group's error
+            try:
+                yield group.conn
+            except BaseException:
+                if await self._on_driver(group, f"ROLLBACK TO {savepoint}"):
+                    await self._end(group)
+                raise
+            if await self._on_driver(group, f"RELEASE {savepoint}"):
+                if group.size >= GROUP_LIMIT:
+                    await self._end(group)
+                else:
+                    self._commit_later()
+        finally:
+            self._write_lock.release()
+        await asyncio.shield(group.committed)
+
+    async def _open_group(self) -> _Group:
+        """BEGIN IMMEDIATE on the writer's connection. On a SQLite file it is kept from one transaction to
+        the next (taking it from the pool and giving it back cost twice an empty transaction's BEGIN
+        and COMMIT); marked as the writer's (see `_writing`). A group that fails lets it go, so the next
+        starts on a connection as fresh as the pool gives."""
         if self._kept is None:
             conn = await self._writer.connect().start()
             await conn.execution_options(**{WRITER: True})
             self._kept = conn
         try:
-            yield self._kept
+            await self._kept.begin()
         except BaseException:
             await self._let_go()
             raise
+        self._group = _Group(self._kept)
+        return self._group
+
+    def _commit_later(self) -> None:
+        """Commit the open group once the tasks ready to run now have had their turn. Each member that
+        leaves a group open calls this, so an open group always has a committer on its way (which
+        commits whatever group is open when its turn comes)."""
+        if self._group is not None and (self._committer is None or self._committer.done()):
+            self._committer = asyncio.create_task(self._commit_open())
+
+    async def _commit_open(self) -> None:
+        async with self._write_lock:
+            if self._group is not None:
+                await self._end(self._group)
+
+    async def _on_driver(self, group: _Group, statement: str) -> bool:
+        """A savepoint statement, straight to the driver as BEGIN is; False if it failed, which fails
+        the group (it cannot fail unless SQLite's transaction is gone)."""
+        try:
+            group.driver.run_now(statement)
+        except sqlite3.Error as error:
+            await self._fail(group, sa.exc.DBAPIError.instance(statement, (), error, sqlite3.Error))
+            return False
+        return True
+
+    async def _end(self, group: _Group) -> None:
+        """Commit the group; each member returns (or raises what the commit raised)."""
+        self._group = None
+        sync = group.conn.sync_connection
+        assert sync is not None
+        try:
+            sync.commit()
+        except Exception as error:
+            await self._fail(group, error)
+            return
+        group.committed.set_result(None)
+        if self.checkpointer is not None:
+            self.checkpointer.wrote()
+
+    async def _fail(self, group: _Group, error: BaseException) -> None:
+        """Roll the group back and let its connection go; each member raises `error`."""
+        self._group = None
+        sync = group.conn.sync_connection
+        with contextlib.suppress(Exception):
+            assert sync is not None
+            sync.rollback()
+        await self._let_go()
+        group.committed.set_exception(error)
+        group.committed.exception()  # each member raises it; none of them need be waiting
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """The connection for one write transaction (on PostgreSQL and in-memory SQLite), marked as the
+        writer's: only a writer asks SQLite for the write lock up front (see _configure_sqlite); reads
+        begin deferred, so they never queue behind a writer for a snapshot."""
+        async with self._connect(self._writer) as conn:
+            await conn.execution_options(**{WRITER: True})
+            yield conn
 
     async def _let_go(self) -> None:
         kept, self._kept = self._kept, None
@@ -177,6 +271,8 @@ class Database:
     async def close(self) -> None:
         self._closing = True
         async with self._write_lock:
+            if self._group is not None:
+                await self._end(self._group)
             await self._let_go()
         while self._readers:
             await self._readers.pop().close()
@@ -252,3 +348,16 @@ def migrate(database_url: str, revision: str = "head") -> None:
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(database_url), revision)
+
+
+class _Group:
+    """Write transactions sharing one SQLite transaction, each in a savepoint of its own."""
+
+    __slots__ = ("committed", "conn", "driver", "size")
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        assert conn.sync_connection is not None
+        self.driver: LoopConnection = conn.sync_connection.connection.dbapi_connection  # type: ignore[assignment]
+        self.size = 0
+        self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -211,6 +211,10 @@ class LoopConnection(AsyncAdapt_aiosqlite_connection):
     def rollback(self) -> None:
         self._on_loop("rollback")
 
+    def run_now(self, statement: str) -> None:
+        """A statement without rows (SAVEPOINT and the like), on the loop; sqlite3's error as it is."""
+        self._connection._conn.execute(statement).close()
+
     def _on_loop(self, name: str) -> None:
         if self._connection._connection:
             try:

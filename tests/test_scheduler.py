@@ -168,33 +168,28 @@ async def test_a_backlog_goes_in_short_passes_and_reaches_coordinators_as_one_me
         db, parse_routing(TEST_ROUTING), Policy(group_threshold=2, digest_at=None), ManualClock(MONDAY)
     )
     numbers = [await desk.file(40 + i) for i in range(7)]
-    # A write that comes while the first pass holds the write turn waits for that pass alone.
+    # A write that comes while the first pass holds the write turn waits for that pass alone: it runs
+    # after the first pass's alerts and before the second's.
     order: list[str] = []
     writes: list[asyncio.Task[None]] = []
-    alert_overdue = desk.deadlines.alert_overdue
 
     async def a_write() -> None:
         async with db.transaction():
             order.append("write")
 
-    async def one_pass(now: datetime) -> tuple[int, int]:
-        done = await alert_overdue(now)
-        order.append("pass")
-        return done
-
     tell_agency = desk.tickets.tell_agency
 
     async def telling(*args: Any, **kwargs: Any) -> None:
+        order.append("alert")
         if not writes:  # inside the first pass's transaction
             writes.append(asyncio.create_task(a_write()))
             await asyncio.sleep(0)  # the write now waits for the turn
         await tell_agency(*args, **kwargs)
 
-    monkeypatch.setattr(desk.deadlines, "alert_overdue", one_pass)
     monkeypatch.setattr(desk.tickets, "tell_agency", telling)
     alerts = await desk.at(MONDAY + timedelta(days=2))
     await asyncio.wait_for(writes[0], 5)
-    assert order == ["pass", "write", "pass", "pass"]  # 3 + 3 + 1 tickets
+    assert order == ["alert"] * 3 + ["write"] + ["alert"] * 4  # passes of 3 + 3 + 1 tickets
     assert len(texts(alerts, WASTE_CHAT)) == 7
     coordinators = texts(alerts, COORDINATORS_CHAT)
     assert len(coordinators) == 1
