@@ -10,7 +10,6 @@ SQLite file, write transactions that run side by side also share one commit (see
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -72,9 +71,13 @@ class Database:
         if self._keeps_connections:
             self._readers_kept = max(1, self.engine.pool.size() - 1)  # type: ignore[attr-defined]
         self._closing = False
-        # The write transactions sharing one commit (see `_grouped`), and the task that will commit them.
+        # The write transactions sharing one commit (see `_grouped`); whether its commit is on its way;
+        # whether the writer's connection is to be let go (a group failed on it).
         self._group: _Group | None = None
-        self._committer: asyncio.Task[None] | None = None
+        self._commit_due = False
+        self._stale = False
+        # Tasks waiting for the writer's turn.
+        self._waiting = 0
         self.checkpointer: Checkpointer | None = None
         if self.is_sqlite:
             for engine in {self.engine, self._writer}:
@@ -103,30 +106,41 @@ class Database:
     @asynccontextmanager
     async def _grouped(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction on a SQLite file, committed together with those that run just before and
-        after it (group commit). They run in turn as ever, each in a savepoint of one transaction they
-        share, and each returns once that transaction is committed. The commit waits until the tasks
-        ready to run have had their turn, and what of them writes joins it: a batch of updates handled
-        side by side pays for BEGIN, COMMIT and the log pages they all touch once.
+        after it (group commit). They run in turn as ever, in one SQLite transaction they share, each
+        but the first in a savepoint, and each returns once that transaction is committed. The commit
+        waits until the tasks ready to run have had their turn, and what of them writes joins it: a
+        batch of updates handled side by side pays for BEGIN, COMMIT and the log pages they all touch
+        once.
 
         A transaction that fails is undone alone (its savepoint) and the others' work is committed
         before its error goes on, so a retry sees everything before it. An error that ends SQLite's whole
         transaction (a full disk, say) fails them all, as it would each of them alone."""
-        await self._write_lock.acquire()
+        self._waiting += 1
+        try:
+            await self._write_lock.acquire()
+        except BaseException:
+            self._commit_later()  # it was to commit the open group when done
+            raise
+        finally:
+            self._waiting -= 1
         try:
             group = self._group or await self._open_group()
             group.size += 1
-            savepoint = f"w{group.size}"
-            if not await self._on_driver(group, f"SAVEPOINT {savepoint}"):
+            # The first needs none: while it runs, the transaction holds nothing else.
+            savepoint = f"w{group.size}" if group.size > 1 else None
+            if savepoint and not self._on_driver(group, f"SAVEPOINT {savepoint}"):
                 await group.committed  # raises the group's error
             try:
                 yield group.conn
             except BaseException:
-                if await self._on_driver(group, f"ROLLBACK TO {savepoint}"):
-                    await self._end(group)
+                if savepoint is None:
+                    self._discard(group)
+                elif self._on_driver(group, f"ROLLBACK TO {savepoint}"):
+                    self._end(group)
                 raise
-            if await self._on_driver(group, f"RELEASE {savepoint}"):
+            if savepoint is None or self._on_driver(group, f"RELEASE {savepoint}"):
                 if group.size >= GROUP_LIMIT:
-                    await self._end(group)
+                    self._end(group)
                 else:
                     self._commit_later()
         finally:
@@ -136,8 +150,11 @@ class Database:
     async def _open_group(self) -> _Group:
         """BEGIN IMMEDIATE on the writer's connection. On a SQLite file it is kept from one transaction to
         the next (taking it from the pool and giving it back cost twice an empty transaction's BEGIN
-        and COMMIT); marked as the writer's (see `_writing`). A group that fails lets it go, so the next
+        and COMMIT); marked as the writer's (see `_writing`). A group that failed let it go, so the next
         starts on a connection as fresh as the pool gives."""
+        if self._stale:
+            self._stale = False
+            await self._let_go()
         if self._kept is None:
             conn = await self._writer.connect().start()
             await conn.execution_options(**{WRITER: True})
@@ -151,28 +168,28 @@ class Database:
         return self._group
 
     def _commit_later(self) -> None:
-        """Commit the open group once the tasks ready to run now have had their turn. Each member that
-        leaves a group open calls this, so an open group always has a committer on its way (which
-        commits whatever group is open when its turn comes)."""
-        if self._group is not None and (self._committer is None or self._committer.done()):
-            self._committer = asyncio.create_task(self._commit_open())
+        """Commit the open group once the tasks ready to run now have had their turn."""
+        if self._group is not None and not self._commit_due:
+            self._commit_due = True
+            asyncio.get_running_loop().call_soon(self._commit_if_idle)
 
-    async def _commit_open(self) -> None:
-        async with self._write_lock:
-            if self._group is not None:
-                await self._end(self._group)
+    def _commit_if_idle(self) -> None:
+        self._commit_due = False
+        # Whoever holds the turn or waits for it commits the group when done, or asks for this again.
+        if self._group is not None and not self._write_lock.locked() and not self._waiting:
+            self._end(self._group)
 
-    async def _on_driver(self, group: _Group, statement: str) -> bool:
+    def _on_driver(self, group: _Group, statement: str) -> bool:
         """A savepoint statement, straight to the driver as BEGIN is; False if it failed, which fails
         the group (it cannot fail unless SQLite's transaction is gone)."""
         try:
             group.driver.run_now(statement)
         except sqlite3.Error as error:
-            await self._fail(group, sa.exc.DBAPIError.instance(statement, (), error, sqlite3.Error))
+            self._fail(group, sa.exc.DBAPIError.instance(statement, (), error, sqlite3.Error))
             return False
         return True
 
-    async def _end(self, group: _Group) -> None:
+    def _end(self, group: _Group) -> None:
         """Commit the group; each member returns (or raises what the commit raised)."""
         self._group = None
         sync = group.conn.sync_connection
@@ -180,22 +197,28 @@ class Database:
         try:
             sync.commit()
         except Exception as error:
-            await self._fail(group, error)
+            self._fail(group, error)
             return
         group.committed.set_result(None)
         if self.checkpointer is not None:
             self.checkpointer.wrote()
 
-    async def _fail(self, group: _Group, error: BaseException) -> None:
-        """Roll the group back and let its connection go; each member raises `error`."""
-        self._group = None
-        sync = group.conn.sync_connection
-        with contextlib.suppress(Exception):
-            assert sync is not None
-            sync.rollback()
-        await self._let_go()
+    def _fail(self, group: _Group, error: BaseException) -> None:
+        """Roll the group back; each member raises `error`. The connection is let go before the next."""
+        self._discard(group)
+        self._stale = True
         group.committed.set_exception(error)
         group.committed.exception()  # each member raises it; none of them need be waiting
+
+    def _discard(self, group: _Group) -> None:
+        """Roll back a group (one that holds only the transaction that failed: no one waits on it)."""
+        self._group = None
+        sync = group.conn.sync_connection
+        assert sync is not None
+        try:
+            sync.rollback()
+        except Exception:
+            self._stale = True
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncConnection]:
@@ -272,7 +295,7 @@ class Database:
         self._closing = True
         async with self._write_lock:
             if self._group is not None:
-                await self._end(self._group)
+                self._end(self._group)
             await self._let_go()
         while self._readers:
             await self._readers.pop().close()

@@ -55,8 +55,14 @@ def saving(*names: str, then: Body | None = None) -> Body:
     return body
 
 
-async def duplicate(conn: AsyncConnection) -> None:
-    await conn.execute(cursors.insert().values(name="a", value="again", updated_at=NOW))
+def duplicate_of(name: str) -> Body:
+    async def body(conn: AsyncConnection) -> None:
+        await conn.execute(cursors.insert().values(name=name, value="again", updated_at=NOW))
+
+    return body
+
+
+duplicate = duplicate_of("a")
 
 
 async def write(db: Database, body: Body, seen: dict[str, set[str]], commits: Commits, name: str) -> None:
@@ -128,6 +134,23 @@ async def test_a_failing_write_is_undone_alone_and_the_others_commit_before_its_
     assert seen_by_failed == {"a", "b"}
     assert commits.committed() == {"a", "b", "e"}, "the failed write's own row is undone"
     assert checkouts == [], "the writer keeps its connection"
+
+
+async def test_the_first_write_of_a_group_failing_leaves_the_next_to_commit(
+    database_url: str, db: Database
+) -> None:
+    commits = Commits(db, database_url)
+    seen: dict[str, set[str]] = {}
+    results = await asyncio.gather(
+        write(db, saving("d", then=duplicate_of("d")), seen, commits, "d"),
+        write(db, saving("b"), seen, commits, "b"),
+        write(db, saving("e"), seen, commits, "e"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], IntegrityError)
+    assert results[1:] == [None, None]
+    assert commits.committed() == {"b", "e"}
+    assert commits.count == 1, "the two after it share a commit"
 
 
 async def test_a_write_cancelled_midway_is_undone_alone(database_url: str, db: Database) -> None:
