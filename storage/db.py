@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from storage.sqlite_driver import Checkpointer, LoopConnection, LoopDBAPI
@@ -192,10 +192,8 @@ class Database:
     def _end(self, group: _Group) -> None:
         """Commit the group; each member returns (or raises what the commit raised)."""
         self._group = None
-        sync = group.conn.sync_connection
-        assert sync is not None
         try:
-            sync.commit()
+            group.sync.commit()
         except Exception as error:
             self._fail(group, error)
             return
@@ -213,10 +211,8 @@ class Database:
     def _discard(self, group: _Group) -> None:
         """Roll back a group (one that holds only the transaction that failed: no one waits on it)."""
         self._group = None
-        sync = group.conn.sync_connection
-        assert sync is not None
         try:
-            sync.rollback()
+            group.sync.rollback()
         except Exception:
             self._stale = True
 
@@ -376,11 +372,13 @@ def migrate(database_url: str, revision: str = "head") -> None:
 class _Group:
     """Write transactions sharing one SQLite transaction, each in a savepoint of its own."""
 
-    __slots__ = ("committed", "conn", "driver", "size")
+    __slots__ = ("committed", "conn", "driver", "size", "sync")
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
         assert conn.sync_connection is not None
-        self.driver: LoopConnection = conn.sync_connection.connection.dbapi_connection  # type: ignore[assignment]
+        # SQLAlchemy's synchronous side of it, for COMMIT and ROLLBACK on the loop (as the statements run).
+        self.sync: Connection = conn.sync_connection
+        self.driver: LoopConnection = self.sync.connection.dbapi_connection  # type: ignore[assignment]
         self.size = 0
         self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
