@@ -4,6 +4,7 @@ each in a savepoint, each returning only once the shared transaction is committe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -41,7 +42,7 @@ class Commits:
         self.count += 1
 
     def committed(self) -> set[str]:
-        with sqlite3.connect(self.path) as conn:
+        with contextlib.closing(sqlite3.connect(self.path)) as conn:
             return {name for (name,) in conn.execute("SELECT name FROM cursors")} - self.before
 
 
